@@ -1,0 +1,64 @@
+# quicdist — every target sets itself up (venv, build, Erlang) before it runs.
+#   make demo   run the demo
+#   make test   run the whole test suite, on the Cython fast path and then on
+#               the pure-Python twin (plus ruff)
+#   make bench  print the benchmarks as JSON
+#   make fuzz   long fuzz run of the fast decoder (>= 1 million inputs)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.quicdist-installed
+PYTEST_ARGS ?=
+
+.PHONY: all demo test test-fast test-pure lint bench fuzz soak erlang build clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Editable install with the extension compiled; rebuilt whenever the build
+# inputs change. QUICDIST_REQUIRE_EXTENSIONS makes a failed compile an error.
+$(STAMP): $(PY) pyproject.toml setup.py constraints.txt quicdist/_fastpath.pyx
+	QUICDIST_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	QUICDIST_REQUIRE_EXTENSIONS=1 $(PY) setup.py --quiet build_ext --inplace
+	touch $@
+
+build: $(STAMP)
+
+# Debian's erlang-nox (OTP 25) for the golden-vector and interop tests.
+erlang:
+	@if ! command -v erl >/dev/null 2>&1 || ! command -v erlc >/dev/null 2>&1; then \
+	  echo "installing erlang-nox (OTP) for the interop tests"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq erlang-nox >/dev/null \
+	  || echo "WARNING: could not install erlang-nox; tests marked 'erl' will be skipped"; \
+	fi
+
+lint: $(STAMP)
+	$(PY) -m ruff check quicdist tests bench examples
+
+test-fast: $(STAMP) erlang
+	QUICDIST_REQUIRE_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-pure: $(STAMP) erlang
+	QUICDIST_NO_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint test-fast test-pure
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(PY) -m bench etf
+
+fuzz: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[fuzz]'
+	QUICDIST_REQUIRE_EXTENSIONS=1 $(PY) tests/fuzz_decode.py -atheris_runs=$${FUZZ_RUNS:-1000000}
+
+clean:
+	rm -rf build *.egg-info quicdist/_fastpath.c quicdist/*.so .pytest_cache .hypothesis
