@@ -193,7 +193,7 @@ class BitBinary:
         if not data:
             raise ValueError("a BitBinary needs at least one byte")
         if not 1 <= bits <= 7:
-            raise ValueError(f"bits must be in 1..7 (8 bits is a whole byte: use bytes), got {bits}")
+            raise ValueError(f"bits must be in 1..7 (a whole byte is bytes), got {bits}")
         last = data[-1] & (0xFF << (8 - bits)) & 0xFF
         if last != data[-1]:
             data = data[:-1] + bytes((last,))
