@@ -39,6 +39,6 @@ if not NO_EXTENSIONS:
             ) from exc
 
 if not USING_EXTENSION:
-    from ._fastpath_py import decode, decode_from, encode  # type: ignore[assignment]
+    from ._fastpath_py import decode, decode_from, encode
 
 __all__ = ["NO_EXTENSIONS", "USING_EXTENSION", "decode", "decode_from", "encode"]

@@ -19,6 +19,7 @@ input can raise RecursionError; nesting is limited to ``MAX_DEPTH``.
 from __future__ import annotations
 
 import math
+import operator
 import struct
 import zlib
 from collections.abc import Mapping
@@ -140,8 +141,19 @@ def _as_buffer(data: Any) -> Any:
         raise TypeError(
             f"a bytes-like object is required, not {type(data).__name__!r}"
         ) from None
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
+    return _flat(view)
+
+
+def _flat(view: memoryview) -> memoryview:
+    """``view`` as a C-contiguous 1-D view of unsigned bytes.
+
+    Casts when the layout allows it and copies only a strided view, so the
+    bytes are always read as 0..255 whatever the exporter's item format.
+    """
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())
+    if view.ndim != 1 or view.format != "B":
+        return view.cast("B")
     return view
 
 
@@ -173,6 +185,7 @@ def decode_from(data: Any, offset: int = 0) -> tuple[Any, int]:
     """
     buf = _as_buffer(data)
     end = len(buf)
+    offset = operator.index(offset)
     if not 0 <= offset <= end:
         raise ValueError(f"offset {offset} is outside the data (length {end})")
     return _decode_top(buf, offset, end)
@@ -662,7 +675,8 @@ def encode(term: Any, compressed: int = 0) -> bytes:
         term: the Python value; see ``quicdist.etf`` for the mapping.
         compressed: 0 (default) for plain output, or a zlib level 1..9 to
             compress the term the way ``term_to_binary(T, [{compressed, N}])``
-            does (used only when it makes the result smaller).
+            does (used unless it would make the result longer: a tie
+            compresses, as in OTP).
 
     Raises:
         EncodeError: the value has no Erlang term (wrong type, NaN, an atom
@@ -779,9 +793,7 @@ def _encode_other(obj: Any, append: Any) -> Any:
     elif isinstance(obj, str):
         return _encode_str_subclass(obj, append)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        view = memoryview(obj)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        view = _flat(memoryview(obj))
         append(_binary_head(view.nbytes))
         append(view)
     elif isinstance(obj, tuple):
@@ -809,7 +821,9 @@ def _encode_other(obj: Any, append: Any) -> Any:
         append(_pack_u32(creation) + b"".join(_pack_u32(i) for i in ids))
     elif isinstance(obj, Port):
         node, id_, creation = obj._key
-        if id_ <= 0xFFFFFFFF:
+        # OTP writes NEW_PORT_EXT only for port numbers of up to 28 bits
+        # (ERTS_MAX_V3_PORT_NUMBER) and V4_PORT_EXT above that.
+        if id_ <= 0x0FFFFFFF:
             append(b"Y")
             append(_atom_bytes(node))
             append(_pack_u32(id_) + _pack_u32(creation))
@@ -846,6 +860,8 @@ def _encode_str_subclass(obj: str, append: Any) -> None:
 def _compress(data: bytes, level: int) -> bytes:
     body = data[1:]
     packed = zlib.compress(body, level)
-    if len(packed) + 5 >= len(body):
+    # OTP keeps the compressed form when it is no longer than the plain one
+    # (131, 80, Size:32, Zlib) vs (131, Body): a tie compresses.
+    if len(packed) + 5 > len(body):
         return data
     return b"\x83P" + _pack_u32(len(body)) + packed

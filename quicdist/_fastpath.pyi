@@ -1,0 +1,9 @@
+"""Type stub of the compiled fast path; the same API as ``quicdist._fastpath_py``."""
+
+from typing import Any
+
+__all__ = ["decode", "decode_from", "encode"]
+
+def encode(term: Any, compressed: int = 0) -> bytes: ...
+def decode(data: Any) -> Any: ...
+def decode_from(data: Any, offset: int = 0) -> tuple[Any, int]: ...
