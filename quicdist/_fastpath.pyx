@@ -232,6 +232,7 @@ cdef type _BitsT = BitBinary
 cdef type _ImproperT = ImproperList
 cdef type _ExportT = ExportFun
 cdef type _LocalFunT = LocalFun
+cdef object _MapT = Map
 cdef object _Map = Map
 cdef object _Mapping = Mapping
 cdef object _DecodeError = DecodeError
@@ -811,7 +812,7 @@ cdef object _dec_ref(const unsigned char* buf, Py_ssize_t start, Py_ssize_t end,
     if end - pos < 2:
         _fail(MSG_TRUNCATED, end)
     n = _u16(buf + pos)
-    if n > MAX_REF_IDS:
+    if n == 0 or n > MAX_REF_IDS:
         _fail(MSG_REF_LEN, start)
     node = _read_atom(buf, pos + 2, end, &pos, False)
     cwidth = 4 if tag == NEWER_REFERENCE_EXT else 1
@@ -1566,12 +1567,41 @@ cdef int _enc_list_generic(_Out* o, object lst, _EFrame* push) except -1:
     return 0
 
 
+cdef bint _safe_key_type(PyTypeObject* t) noexcept:
+    """Twin: ``_SAFE_KEY_TYPES`` (Python equality is Erlang equality within each)."""
+    cdef PyObject* o = <PyObject*>t
+    return (o == <PyObject*>_AtomT or o == <PyObject*>int or o == <PyObject*>float
+            or o == <PyObject*>str or o == <PyObject*>bytes or o == <PyObject*>bool
+            or o == <PyObject*>_PidT or o == <PyObject*>_RefT or o == <PyObject*>_PortT
+            or o == <PyObject*>_ExportT or o == <PyObject*>_BitsT
+            or o == <PyObject*>_LocalFunT)
+
+
+cdef bint _dict_keys_safe(dict d) noexcept:
+    """Whether all keys have one exact type among the safe ones (twin: the
+    fast exit of ``_check_map_keys``)."""
+    cdef Py_ssize_t i = 0
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef PyTypeObject* first = NULL
+    while PyDict_Next(d, &i, &key, &value):
+        if first == NULL:
+            first = _type_of(key)
+            if not _safe_key_type(first):
+                return False
+        elif _type_of(key) != first:
+            return False
+    return True
+
+
 cdef int _enc_dict(_Out* o, dict d, _EFrame* push) except -1:
     cdef Py_ssize_t n = PyDict_GET_SIZE(d)
     cdef unsigned char* p = _room(o, 5)
     p[0] = MAP_EXT
     _put_u32(p + 1, <uint32_t>n)
     o.pos += 5
+    if n >= 2 and not _dict_keys_safe(d):
+        _py._check_map_keys(d)
     if n:
         _eopen(push, _E_DICT, n, d)
     return 0
@@ -1754,6 +1784,8 @@ cdef int _enc_mapping(_Out* o, object m, _EFrame* push) except -1:
     p[0] = MAP_EXT
     _put_u32(p + 1, <uint32_t>n)
     o.pos += 5
+    if len(m) >= 2 and type(m) is not _MapT:
+        _py._check_map_keys(m)
     if len(m):
         _eopen(push, _E_ITER, 0, _chain_from_iterable(m.items()))
     return 0

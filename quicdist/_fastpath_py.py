@@ -98,7 +98,7 @@ MSG_BIG = "integer larger than Erlang allows"
 MSG_SIGN = "invalid sign byte in integer"
 MSG_FLOAT = "invalid float"
 MSG_BITS = "invalid bit binary"
-MSG_REF_LEN = f"reference with more than {MAX_REF_IDS} ids"
+MSG_REF_LEN = f"reference must have 1 to {MAX_REF_IDS} ids"
 MSG_EXPORT_ARITY = "export fun arity must be a small integer"
 MSG_FUN = "malformed fun"
 MSG_DUP_KEY = "duplicate key in map"
@@ -410,7 +410,7 @@ def _decode_body(buf: Any, pos: int, end: int) -> tuple[Any, int]:
             if end - pos < 2:
                 raise DecodeError(MSG_TRUNCATED, end)
             n = (buf[pos] << 8) | buf[pos + 1]
-            if n > MAX_REF_IDS:
+            if n == 0 or n > MAX_REF_IDS:
                 raise DecodeError(MSG_REF_LEN, start)
             node, pos = _read_atom(buf, pos + 2, end)
             cwidth = 4 if tag == NEWER_REFERENCE_EXT else 1
@@ -684,6 +684,64 @@ def encode(term: Any, compressed: int = 0) -> bytes:
     """
     if type(compressed) is not int or not 0 <= compressed <= 9:
         raise ConfigurationError("compressed must be an int in 0..9")
+    data = _encode(term, False)
+    if compressed:
+        return _compress(data, compressed)
+    return data
+
+
+def exact_key(term: Any) -> bytes:
+    """Bytes that are equal exactly when two values are the same Erlang term.
+
+    The encoding with every map's pairs sorted by key, so two maps with the
+    same pairs give the same bytes whatever their order; ``1`` and ``1.0``
+    stay apart, ``"a"`` and ``b"a"`` (both the binary <<"a">>) come together,
+    as in Erlang. Used to find duplicate map keys, and by
+    :class:`quicdist.terms.Map` for lookups.
+    """
+    return _encode(term, True)
+
+
+# Key types within which Python equality is Erlang equality: a dict whose
+# keys all have one of these exact types cannot hold two keys that are the
+# same Erlang term.
+_SAFE_KEY_TYPES = frozenset(
+    {Atom, int, float, str, bytes, bool, Pid, Reference, Port, ExportFun, BitBinary, LocalFun}
+)
+
+
+def _check_map_keys(mapping: Any) -> None:
+    """Refuse a mapping whose distinct Python keys are one Erlang term.
+
+    ``{"a": 1, b"a": 2}`` (both are the binary <<"a">>), ``{None: 1,
+    Atom("undefined"): 2}`` or ``{True: 1, Atom("true"): 2}`` would make a map
+    with a duplicate key, which OTP's binary_to_term rejects.
+    """
+    keys = iter(mapping)
+    first = type(next(keys))
+    if first in _SAFE_KEY_TYPES and all(type(k) is first for k in keys):
+        return
+    seen: dict[bytes, Any] = {}
+    for key in mapping:
+        other = seen.setdefault(exact_key(key), key)
+        if other is not key:
+            raise EncodeError(
+                f"cannot encode map: keys {other!r} and {key!r} are the same Erlang term"
+            )
+
+
+def _map_items(obj: Any, canonical: bool) -> Any:
+    """The pairs of a map to encode, as one flat iterator (None if empty)."""
+    if len(obj) >= 2:
+        if canonical:
+            pairs = sorted(obj.items(), key=lambda kv: exact_key(kv[0]))
+            return chain.from_iterable(pairs)
+        if type(obj) is not Map:  # a Map's constructor already refused duplicates
+            _check_map_keys(obj)
+    return chain.from_iterable(obj.items()) if len(obj) else None
+
+
+def _encode(term: Any, canonical: bool) -> bytes:
     out: list[Any] = [b"\x83"]
     append = out.append
     stack: list[Any] = []
@@ -716,8 +774,7 @@ def encode(term: Any, compressed: int = 0) -> bytes:
             append(_float_bytes(obj))
         elif t is dict:
             append(b"t" + _pack_u32(len(obj)))
-            if obj:
-                pushed = chain.from_iterable(obj.items())
+            pushed = _map_items(obj, canonical)
         elif obj is True:
             append(_TRUE)
         elif obj is False:
@@ -735,7 +792,7 @@ def encode(term: Any, compressed: int = 0) -> bytes:
             append(_atom_bytes(node))
             append(_pack_u32(creation) + b"".join(_pack_u32(i) for i in ids))
         else:
-            pushed = _encode_other(obj, append)
+            pushed = _encode_other(obj, append, canonical)
 
         if pushed is not None:
             if len(stack) >= MAX_DEPTH:
@@ -753,10 +810,7 @@ def encode(term: Any, compressed: int = 0) -> bytes:
                 break
         else:
             break
-    data = b"".join(out)
-    if compressed:
-        return _compress(data, compressed)
-    return data
+    return b"".join(out)
 
 
 def _encode_list(obj: list[Any], append: Any) -> Any:
@@ -780,7 +834,7 @@ def _float_bytes(value: float) -> bytes:
     return b"F" + _pack_d(value)
 
 
-def _encode_other(obj: Any, append: Any) -> Any:
+def _encode_other(obj: Any, append: Any, canonical: bool) -> Any:
     """Everything but the exact built-in types handled inline in encode()."""
     if isinstance(obj, Atom):
         append(_atom_bytes(str(obj)))
@@ -804,7 +858,7 @@ def _encode_other(obj: Any, append: Any) -> Any:
         return _encode_list(obj, append)
     elif isinstance(obj, Mapping):
         append(b"t" + _pack_u32(len(obj)))
-        return chain.from_iterable(obj.items()) if len(obj) else None
+        return _map_items(obj, canonical)
     elif isinstance(obj, ImproperList):
         elements, tail = obj._key
         append(b"l" + _pack_u32(len(elements)))

@@ -50,10 +50,17 @@ Python value                               Erlang term
 the quicdist term types                    the corresponding term
 =========================================  ===================================
 
+A map cannot have two keys that are one Erlang term: ``{"a": 1, b"a": 2}``
+(both are the binary ``<<"a">>``), ``{None: 1, Atom("undefined"): 2}`` or
+``{True: 1, Atom("true"): 2}`` raise :class:`~quicdist.errors.EncodeError`
+instead of producing a map OTP would reject.
+
 Canonical form: for every term ``T``, ``encode(decode(B)) == B`` where
 ``B = term_to_binary(T, [{minor_version, 2}])``. The decoder also accepts
 the older forms OTP emits (latin-1 atoms, ``FLOAT_EXT``, ``PID_EXT``, ...,
-and compressed terms) and re-encodes them in the current form.
+and compressed terms) and re-encodes them in the current form, except local
+funs, which always re-encode to the bytes they came in. A reference has 1 to
+5 ids (OTP 25 crashes on one with none).
 
 Limits (hostile input raises :class:`~quicdist.errors.DecodeError`, a
 ``ValueError``): nesting deeper than :data:`MAX_DEPTH`, integers larger than

@@ -146,15 +146,16 @@ class Port:
 
 
 class Reference:
-    """An Erlang reference: ``node``, ``creation`` and up to five 32-bit ``ids``."""
+    """An Erlang reference: ``node``, ``creation`` and one to five 32-bit ``ids``."""
 
     __slots__ = ("_key",)
     _key: tuple[Atom, int, tuple[int, ...]]
 
     def __init__(self, node: str, creation: int, ids: Iterable[int]) -> None:
         ids = tuple(_u32("reference id", i) for i in ids)
-        if len(ids) > 5:
-            raise ValueError(f"a reference has at most 5 ids, got {len(ids)}")
+        if not 1 <= len(ids) <= 5:
+            # OTP 25 crashes on a reference with no ids inside a term.
+            raise ValueError(f"a reference has 1 to 5 ids, got {len(ids)}")
         self._key = (_atom("node", node), _u32("creation", creation), ids)
 
     node = property(lambda self: self._key[0], doc="The node that made the reference (Atom).")
@@ -370,10 +371,11 @@ class LocalFun:
 
 def _exact_key(term: Any) -> bytes:
     # Two terms are the same Erlang map key exactly when their canonical
-    # encodings are equal (1 and 1.0 differ, True and Atom('true') do not).
-    from ._accel import encode
+    # encodings (maps sorted) are equal: 1 and 1.0 differ, True and
+    # Atom('true') do not. Imported late: the codec imports this module.
+    from ._fastpath_py import exact_key
 
-    return encode(term)
+    return exact_key(term)
 
 
 class Map(Mapping[Any, Any]):

@@ -57,6 +57,7 @@ HOSTILE = {
     "pid node not atom": b"\x83Xa\x01" + bytes(12),
     "pid truncated": b"\x83Xw\x01n\x00\x00",
     "ref too many ids": b"\x83Z\x00\x06w\x01n" + bytes(28),
+    "ref without ids": b"\x83Z\x00\x00w\x01n" + bytes(4),
     "ref truncated": b"\x83Z\x00\x03w\x01n" + bytes(6),
     "port truncated": b"\x83xw\x01n" + bytes(5),
     "export arity not small int": b"\x83qw\x01mw\x01fb\x00\x00\x00\x01",

@@ -20,11 +20,11 @@ The distributed node uses ``-start_epmd false -dist_listen false``: it has a
 name and a creation but registers nowhere and opens no socket, so nothing
 outlives the test.
 
-No term sent to Erlang holds a reference with 0 ids: OTP 25's binary_to_term
-accepts one only at the very end of its input; elsewhere it raises badarg, or
-crashes the VM with SIGSEGV (``[Ref | false]`` with ``Ref`` =
-``Reference("a@b", 1, ())``: 83 6c 00 00 00 01 5a 00 00 77 03 61 40 62 00 00
-00 01 77 05 66 61 6c 73 65).
+References have 1 to 5 ids (the constructor and the decoder refuse 0):
+OTP 25's binary_to_term accepts a 0-id reference only at the very end of its
+input; elsewhere it raises badarg, or crashes the VM with SIGSEGV
+(``[Ref | false]`` with a 0-id ``Ref``: 83 6c 00 00 00 01 5a 00 00 77 03 61
+40 62 00 00 00 01 77 05 66 61 6c 73 65).
 """
 
 from __future__ import annotations
@@ -350,14 +350,19 @@ DOCUMENTED_TYPES = {
     BitBinary, ExportFun,
 }
 
-#: Maps whose keys differ in Python but are the same Erlang term.
-DUPLICATE_KEY_MAPS = {
-    "str_and_bytes": {"a": 1, b"a": 2},
-    "none_and_undefined": {None: 1, Atom("undefined"): 2},
-    "true_and_atom_true": {True: 1, Atom("true"): 2},
-    "map_keys_in_two_orders": Map([({Atom("a"): 1, Atom("b"): 2}, 1),
-                                   ({Atom("b"): 2, Atom("a"): 1}, 2)]),
+#: Pairs of keys that differ in Python but are the same Erlang term.
+DUPLICATE_KEYS = {
+    "str_and_bytes": ("a", b"a"),
+    "none_and_undefined": (None, Atom("undefined")),
+    "true_and_atom_true": (True, Atom("true")),
+    "map_keys_in_two_orders": ({Atom("a"): 1, Atom("b"): 2}, {Atom("b"): 2, Atom("a"): 1}),
 }
+
+
+def _raw_duplicate_map(keys) -> bytes:
+    """The MAP_EXT a naive encoder would write for {k1 => 1, k2 => 2}."""
+    return b"\x83t\x00\x00\x00\x02" + b"".join(
+        encode(key)[1:] + encode(value)[1:] for key, value in zip(keys, (1, 2), strict=True))
 
 
 # ---------------------------------------------------------------------------
@@ -579,7 +584,7 @@ def otp(tmp_path_factory) -> OtpRun:
         except Exception as exc:  # reported by the test, not here
             sent.append((term, None, f"{type(exc).__name__}: {exc}"))
     blobs = [data for _, data, _ in sent if data is not None]
-    blobs += [encode(d) for d in DUPLICATE_KEY_MAPS.values()]
+    blobs += [_raw_duplicate_map(keys) for keys in DUPLICATE_KEYS.values()]
     (work / "reencode.in").write_bytes(
         b"QDB1" + struct.pack(">I", len(blobs)) + b"".join(_u32(b) for b in blobs))
 
@@ -603,13 +608,13 @@ def otp(tmp_path_factory) -> OtpRun:
                     f"stderr:\n{ran.stderr.decode(errors='replace')[-5000:]}")
 
     reencoded = _read_reencode((work / "reencode.out").read_bytes())
-    n_dup = len(DUPLICATE_KEY_MAPS)
+    n_dup = len(DUPLICATE_KEYS)
     return OtpRun(
         node=node,
         check=_read_check((work / "check.out").read_bytes()),
         sent=sent,
         reencoded=reencoded[:-n_dup],
-        duplicate_key_results=dict(zip(DUPLICATE_KEY_MAPS, reencoded[-n_dup:], strict=True)),
+        duplicate_key_results=dict(zip(DUPLICATE_KEYS, reencoded[-n_dup:], strict=True)),
         vectors=read_vectors((work / "gen.out").read_bytes()),
         seconds=time.monotonic() - started,
     )
@@ -754,17 +759,23 @@ def test_hypothesis_terms_reencoded_by_otp(otp):
 
 
 def test_otp_rejects_maps_with_duplicate_keys(otp):
-    """Evidence for the xfail below: OTP refuses a map whose keys repeat."""
+    """Why the encoder refuses such maps: OTP rejects a map whose keys repeat."""
     for name, (status, payload) in otp.duplicate_key_results.items():
-        assert status == 1, f"{name}: OTP accepted {encode(DUPLICATE_KEY_MAPS[name]).hex(' ')}"
+        raw = _raw_duplicate_map(DUPLICATE_KEYS[name])
+        assert status == 1, f"{name}: OTP accepted {raw.hex(' ')}"
         assert "badarg" in payload.decode()
 
 
-@pytest.mark.xfail(strict=True, reason="codec bug: encode() writes a MAP_EXT with duplicate "
-                   "keys when distinct Python keys are one Erlang term ('a'/b'a', "
-                   "None/Atom('undefined'), True/Atom('true'), one map in two key orders); "
-                   "OTP rejects it")
-@pytest.mark.parametrize("name", sorted(DUPLICATE_KEY_MAPS))
+@pytest.mark.parametrize("name", sorted(DUPLICATE_KEYS))
 def test_encoder_refuses_maps_whose_keys_collide_in_erlang(name):
-    with pytest.raises(EncodeError):
-        encode(DUPLICATE_KEY_MAPS[name])
+    first, second = DUPLICATE_KEYS[name]
+    try:
+        value = {first: 1, second: 2}
+    except TypeError:  # unhashable keys: only a Map can hold them, and refuses
+        with pytest.raises(ValueError, match="duplicate map key"):
+            Map([(first, 1), (second, 2)])
+        return
+    with pytest.raises(EncodeError, match="are the same Erlang term"):
+        encode(value)
+    with pytest.raises(EncodeError, match="are the same Erlang term"):
+        encode(OrderedDict(value))

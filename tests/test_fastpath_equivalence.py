@@ -25,6 +25,7 @@ import struct
 import sys
 import types
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -187,7 +188,7 @@ texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 binaries = st.binary(max_size=40)
 pids = st.builds(Pid, short_atom_text, u32, u32, u32)
 ports = st.builds(Port, short_atom_text, st.integers(0, 2**64 - 1), u32)
-refs = st.builds(Reference, short_atom_text, u32, st.lists(u32, max_size=5))
+refs = st.builds(Reference, short_atom_text, u32, st.lists(u32, min_size=1, max_size=5))
 bit_binaries = st.builds(BitBinary, st.binary(min_size=1, max_size=8), st.integers(1, 7))
 exports = st.builds(ExportFun, short_atom_text, short_atom_text, st.integers(0, 255))
 byte_lists = st.lists(st.integers(0, 255), min_size=1, max_size=30)
@@ -222,13 +223,21 @@ _leaves = st.one_of(
 )
 
 
+def _erlang_unique(d: dict) -> dict:
+    """Drop keys that repeat an earlier one as an Erlang term ('a' and b'a', ...)."""
+    seen: dict[bytes, tuple] = {}
+    for key, value in d.items():
+        seen.setdefault(PURE.exact_key(key), (key, value))
+    return dict(seen.values())
+
+
 def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     children = st.deferred(lambda: inner)  # a short repr in Hypothesis' messages
     return st.one_of(
         st.lists(children, max_size=6).map(tuple),
         st.lists(children, max_size=6),
         st.dictionaries(st.one_of(hashable_leaves, st.lists(hashable_leaves, max_size=3)
-                                  .map(tuple)), children, max_size=5),
+                                  .map(tuple)), children, max_size=5).map(_erlang_unique),
         st.lists(
             st.tuples(st.lists(st.integers(0, 1000), min_size=1, max_size=3), children),
             max_size=4, unique_by=lambda kv: tuple(kv[0]),
@@ -625,7 +634,7 @@ ODD_VALUES = [
     types.MappingProxyType({Atom("a"): 1}), MyMapping([([1], 2), ((3,), 4)]),
     Map([([1], 2)]), Map([]), {}, {1: {2: {3: [4]}}},
     PidSub("n", 1, 2, 3), Pid("a" * 300, 1), Port("n", 2**32), Port("n", 2**64 - 1),
-    Reference("n", 1, ()), ExportFun("m", "f", 0), BitBinary(b"\xff", 1),
+    Reference("n", 1, (1,)), ExportFun("m", "f", 0), BitBinary(b"\xff", 1),
     [1, Weird()], (1, {2: object()}), {Atom("k"): float("nan")},
     self_referencing_list(), self_referencing_dict(),
     [1] * 70000, (1,) * 300,
@@ -701,6 +710,29 @@ def test_bad_compression_level(level):
 ))
 def test_terms_with_unencodable_parts(term):
     assert_same_outcome("encode", term)
+
+
+@needs_compiled
+@examples(150)
+@given(st.dictionaries(st.one_of(hashable_leaves, st.lists(hashable_leaves, max_size=3).map(tuple)),
+                       leaves, min_size=2, max_size=6))
+def test_maps_whose_keys_may_collide_in_erlang(d):
+    # Raw dicts, not deduplicated: 'a' and b'a', None and Atom('undefined'),
+    # True and Atom('true') (also inside tuple keys) must be refused alike.
+    assert_same_outcome("encode", d)
+    assert_same_outcome("encode", [d, MappingProxyType(d)])
+
+
+@needs_compiled
+@pytest.mark.parametrize("d, encodable", [
+    ({"a": 1, b"a": 2}, False),
+    ({(None,): 1, (Atom("undefined"),): 2}, False),
+    ({True: 1, Atom("true"): 2}, False),
+    ({1: 1, 2.0: 2, Atom("x"): 3, "x": 4}, True),
+])
+def test_colliding_map_keys_examples(d, encodable):
+    outcome = assert_same_outcome("encode", d)
+    assert (outcome[0] == "ok") is encodable
 
 
 @needs_compiled

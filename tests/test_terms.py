@@ -86,6 +86,7 @@ def test_field_access():
         (lambda: Pid(5, 1), TypeError),
         (lambda: Port("n@h", 2**64), ValueError),
         (lambda: Reference("n@h", 0, range(6)), ValueError),
+        (lambda: Reference("n@h", 0, ()), ValueError),
         (lambda: BitBinary(b"", 3), ValueError),
         (lambda: BitBinary(b"a", 8), ValueError),
         (lambda: BitBinary(b"a", 0), ValueError),
