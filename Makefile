@@ -40,6 +40,7 @@ erlang:
 
 lint: $(STAMP)
 	$(PY) -m ruff check quicdist tests bench examples
+	$(PY) -m mypy
 
 test-fast: $(STAMP) erlang
 	QUICDIST_REQUIRE_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
