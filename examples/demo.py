@@ -17,8 +17,11 @@ def show(label: str, value: object) -> None:
     hexed = data.hex(" ")
     if len(hexed) > 60:
         hexed = hexed[:57] + "..."
-    print(f"  {label:<28} {len(data):>5} bytes  {hexed}")
-    print(f"  {'':<28} decodes to {back!r}"[:110])
+    shown = repr(back)
+    if len(shown) > 70:
+        shown = shown[:67] + "..."
+    print(f"  {label:<30} {len(data):>4} bytes  {hexed}")
+    print(f"  {'':<30} -> {shown}")
 
 
 def main() -> None:
