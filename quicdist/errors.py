@@ -11,6 +11,19 @@ that catches ``ValueError``, ``TypeError`` or ``TimeoutError`` keeps working::
     │   ├── DecodeError(TermError, ValueError)          bytes that are not a valid term
     │   └── EncodeError(TermError, TypeError, ValueError)
     │                                                   a Python value with no Erlang term
+    ├── ProtocolError(QuicDistError)                    the wire protocol was broken
+    │   ├── LocalProtocolError                          ... by us (a bug or a misuse)
+    │   └── RemoteProtocolError                         ... by the peer
+    │       └── FrameError(RemoteProtocolError, ValueError)
+    │                                                   a malformed or oversized frame
+    ├── ConnectionClosed(QuicDistError)                 the QUIC connection is gone
+    │   ├── ConnectionClosedOK                          closed normally (either side)
+    │   └── ConnectionClosedError                       closed by an error, timeout or loss
+    │       └── TLSHandshakeError                       the TLS handshake failed
+    │           └── CertificateError                    the peer's certificate was refused
+    ├── StreamError(QuicDistError)                      one stream failed (others go on)
+    │   ├── StreamReset                                 the peer reset it (.code)
+    │   └── StreamClosed                                used after close() or FIN
     └── QuicDistTimeoutError(QuicDistError, TimeoutError)
                                                         a blocking call ran out of time
 
@@ -22,11 +35,23 @@ from __future__ import annotations
 
 
 __all__ = [
+    "CertificateError",
     "ConfigurationError",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
     "DecodeError",
     "EncodeError",
+    "FrameError",
+    "LocalProtocolError",
+    "ProtocolError",
     "QuicDistError",
     "QuicDistTimeoutError",
+    "RemoteProtocolError",
+    "StreamClosed",
+    "StreamError",
+    "StreamReset",
+    "TLSHandshakeError",
     "TermError",
 ]
 
@@ -69,6 +94,97 @@ class EncodeError(TermError, TypeError, ValueError):
     atom longer than 255 characters or an integer beyond Erlang's limit (it is
     a ``ValueError``).
     """
+
+
+class ProtocolError(QuicDistError):
+    """The wire protocol was broken. Never raised itself: see the subclasses.
+
+    ``error_code`` is the QUIC application error code quicdist closes the
+    connection (or resets the stream) with when it meets this error.
+    """
+
+    error_code: int = 0x1
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried something the protocol forbids (a misuse of the API)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids."""
+
+
+class FrameError(RemoteProtocolError, ValueError):
+    """A distribution frame was malformed or larger than the configured maximum."""
+
+    error_code = 0x2
+
+
+class ConnectionClosed(QuicDistError):
+    """The QUIC connection is closed; operations on it fail with this.
+
+    Attributes:
+        error_code: the QUIC or application error code of the close (0: none).
+        reason: the reason phrase, or a description of what happened.
+        initiated_locally: True when this side closed it.
+    """
+
+    def __init__(self, reason: str = "connection closed", error_code: int = 0,
+                 initiated_locally: bool = False) -> None:
+        super().__init__(reason, error_code, initiated_locally)
+        self.reason = reason
+        self.error_code = error_code
+        self.initiated_locally = initiated_locally
+
+    def __str__(self) -> str:
+        side = "locally" if self.initiated_locally else "by the peer"
+        code = f", code 0x{self.error_code:x}" if self.error_code else ""
+        return f"{self.reason} (closed {side}{code})"
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection was closed normally, by either side."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection ended abnormally: protocol error, idle timeout, lost peer."""
+
+
+class TLSHandshakeError(ConnectionClosedError):
+    """The TLS 1.3 handshake inside QUIC failed (ALPN, alert, protocol)."""
+
+
+class CertificateError(TLSHandshakeError):
+    """A certificate was refused: unknown CA, expired, missing, unparsable."""
+
+
+class StreamError(QuicDistError):
+    """One stream failed; the connection and its other streams go on.
+
+    Attributes:
+        stream_id: the QUIC stream id (-1 if not known).
+    """
+
+    def __init__(self, message: str, stream_id: int = -1) -> None:
+        super().__init__(message, stream_id)
+        self.message = message
+        self.stream_id = stream_id
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StreamReset(StreamError):
+    """The peer reset the stream (RESET_STREAM); ``code`` is its error code."""
+
+    def __init__(self, message: str, stream_id: int = -1, code: int = 0) -> None:
+        super().__init__(message, stream_id)
+        self.args = (message, stream_id, code)
+        self.code = code
+
+
+class StreamClosed(StreamError):
+    """The stream was used after it was closed (locally, or the peer's FIN was read)."""
 
 
 class QuicDistTimeoutError(QuicDistError, TimeoutError):
