@@ -24,6 +24,11 @@ if not _flag("QUICDIST_NO_EXTENSIONS"):
             Extension(
                 "quicdist._fastpath",
                 ["quicdist/_fastpath.pyx"],
+                # Included into _fastpath.pyx: a change to one rebuilds it.
+                depends=[
+                    "quicdist/_fastpath_framing.pxi",
+                    "quicdist/_fastpath_scheduler.pxi",
+                ],
                 extra_compile_args=["-O2"],
                 optional=not _flag("QUICDIST_REQUIRE_EXTENSIONS"),
             )

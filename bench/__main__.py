@@ -1,4 +1,9 @@
-"""``python -m bench etf [--quick] [--impl cython|python|all|ID,ID...]``.
+"""``python -m bench SUITE [--quick] [--impl ...]``, SUITE being ``etf`` or ``framing``.
+
+``etf``: the term codec, quicdist's two paths against other Python ETF
+codecs (``--impl cython|python|all|ID,ID...``). ``framing``: distribution
+framing and the send scheduler, quicdist's two paths side by side
+(``--impl cython|python|all``).
 
 Prints one JSON document to stdout (progress goes to stderr when it is a
 terminal). Exit status 1 only when a quicdist path gives a wrong answer;
@@ -8,48 +13,58 @@ timings never fail anything.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
-from . import etf
+from . import etf, framing
 
 
-def _impls(text: str) -> tuple[str, ...]:
+def _impls(text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
     if text == "all":
-        return etf.IMPL_IDS
+        return valid
     ids = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    unknown = [i for i in ids if i not in etf.IMPL_IDS]
+    unknown = [i for i in ids if i not in valid]
     if not ids or unknown:
         raise argparse.ArgumentTypeError(
             f"unknown implementation {', '.join(unknown) or text!r}; "
-            f"choose from all, {', '.join(etf.IMPL_IDS)} (comma-separated)")
+            f"choose from all, {', '.join(valid)} (comma-separated)")
     return ids
+
+
+SUITES = {
+    "etf": (etf, "External Term Format codec: quicdist vs alternatives"),
+    "framing": (framing, "distribution framing and send scheduler: compiled vs pure"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="quicdist benchmarks; JSON on stdout")
     sub = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
-    p = sub.add_parser("etf", help="External Term Format codec: quicdist vs alternatives",
-                       description=etf.__doc__.splitlines()[0] if etf.__doc__ else None)
-    p.add_argument("--quick", action="store_true",
-                   help="2 repeats of ~10 ms each instead of 5 of ~150 ms (smoke runs)")
-    p.add_argument("--impl", type=_impls, default=etf.IMPL_IDS, metavar="IMPL",
-                   help="cython, python or all (default), or a comma-separated list of "
-                        f"{', '.join(etf.IMPL_IDS)}")
-    p.add_argument("--repeats", type=int, default=None, help="override the repeat count")
-    p.add_argument("--target", type=float, default=None,
-                   help="override the seconds per repeat used to choose `number`")
-    p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
+    for name, (module, help_text) in SUITES.items():
+        ids = module.IMPL_IDS
+        p = sub.add_parser(name, help=help_text,
+                           description=module.__doc__.splitlines()[0] if module.__doc__ else None)
+        p.add_argument("--quick", action="store_true",
+                       help="2 repeats of ~10 ms each instead of 5 of ~150 ms (smoke runs)")
+        p.add_argument("--impl", type=functools.partial(_impls, valid=ids), default=ids,
+                       metavar="IMPL",
+                       help="all (default) or a comma-separated list of " + ", ".join(ids))
+        p.add_argument("--repeats", type=int, default=None, help="override the repeat count")
+        p.add_argument("--target", type=float, default=None,
+                       help="override the seconds per repeat used to choose `number`")
+        p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
     args = parser.parse_args(argv)
 
+    module = SUITES[args.suite][0]
     base = etf.QUICK if args.quick else etf.DEFAULT
     settings = etf.Settings(repeats=args.repeats or base.repeats,
                             target=args.target or base.target)
     if settings.repeats < 1 or settings.target <= 0:
         parser.error("--repeats must be >= 1 and --target > 0")
-    doc = etf.run(args.impl, quick=args.quick, settings=settings,
-                  progress=sys.stderr.isatty())
+    doc = module.run(args.impl, quick=args.quick, settings=settings,
+                     progress=sys.stderr.isatty())
     json.dump(doc, sys.stdout, indent=args.indent, ensure_ascii=False)
     sys.stdout.write("\n")
     if doc["errors"]:

@@ -4,6 +4,11 @@
 ``QUICDIST_REQUIRE_EXTENSIONS=1`` makes a missing or broken extension an
 ImportError instead of a silent fallback. ``USING_EXTENSION`` tells which one
 is active (tests, benchmarks and logs print it).
+
+Everything the fast path provides is chosen here together, from one module:
+the term codec (``encode``, ``decode``, ``decode_from``), the distribution
+framing (``pack_frame``, ``pack_frames``, ``FrameDecoder``, ``TICK``,
+``DEFAULT_MAX_FRAME_SIZE``) and the send scheduler (``SendScheduler``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,17 @@ if NO_EXTENSIONS and REQUIRE_EXTENSIONS:
 USING_EXTENSION: bool = False
 if not NO_EXTENSIONS:
     try:
-        from ._fastpath import decode, decode_from, encode
+        from ._fastpath import (
+            DEFAULT_MAX_FRAME_SIZE,
+            TICK,
+            FrameDecoder,
+            SendScheduler,
+            decode,
+            decode_from,
+            encode,
+            pack_frame,
+            pack_frames,
+        )
 
         USING_EXTENSION = True
     except ImportError as exc:
@@ -39,6 +54,31 @@ if not NO_EXTENSIONS:
             ) from exc
 
 if not USING_EXTENSION:
-    from ._fastpath_py import decode, decode_from, encode
+    # For the type checker the names are the compiled module's (_fastpath.pyi);
+    # the twin's classes have the same API (tests/test_exports.py and the
+    # differential tests hold them together) but are other classes to mypy.
+    from ._fastpath_py import (  # type: ignore[assignment]
+        DEFAULT_MAX_FRAME_SIZE,
+        TICK,
+        FrameDecoder,
+        SendScheduler,
+        decode,
+        decode_from,
+        encode,
+        pack_frame,
+        pack_frames,
+    )
 
-__all__ = ["NO_EXTENSIONS", "USING_EXTENSION", "decode", "decode_from", "encode"]
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "NO_EXTENSIONS",
+    "TICK",
+    "USING_EXTENSION",
+    "FrameDecoder",
+    "SendScheduler",
+    "decode",
+    "decode_from",
+    "encode",
+    "pack_frame",
+    "pack_frames",
+]

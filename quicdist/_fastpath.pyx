@@ -23,6 +23,12 @@ Rare shapes that only a hand-corrupted term object can have (a ``Pid``
 whose ``_key`` slot was overwritten with something else, subclasses of the
 opaque term types) are handed to the twin, so they behave identically by
 construction.
+
+The distribution framing (``pack_frame``, ``pack_frames``, ``FrameDecoder``,
+``TICK``, ``DEFAULT_MAX_FRAME_SIZE``) and the send scheduler
+(``SendScheduler``) are compiled into this module too, from the include files
+``_fastpath_framing.pxi`` and ``_fastpath_scheduler.pxi`` at the end; their
+pure twins are ``quicdist._framing_py`` and ``quicdist._scheduler_py``.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -98,7 +104,15 @@ from quicdist.terms import (
 )
 
 
-__all__ = ["decode", "decode_from", "encode"]
+__all__ = [
+    "FrameDecoder",
+    "SendScheduler",
+    "decode",
+    "decode_from",
+    "encode",
+    "pack_frame",
+    "pack_frames",
+]
 
 
 # ---------------------------------------------------------------------------
@@ -2045,3 +2059,10 @@ def encode(term, compressed=0):
     if level:
         return _py_compress(data, compressed)
     return data
+
+
+# ---------------------------------------------------------------------------
+# Distribution framing and the send scheduler (sans-I/O, for the carrier).
+
+include "_fastpath_framing.pxi"
+include "_fastpath_scheduler.pxi"

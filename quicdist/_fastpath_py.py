@@ -14,6 +14,13 @@ values and Erlang terms is documented in ``quicdist/etf.py`` and the README.
 
 The decoder is iterative (an explicit stack instead of recursion) so no
 input can raise RecursionError; nesting is limited to ``MAX_DEPTH``.
+
+Framing and send scheduling
+---------------------------
+``pack_frame``, ``pack_frames``, ``FrameDecoder`` (with the constants
+``TICK`` and ``DEFAULT_MAX_FRAME_SIZE``) live in ``quicdist._framing_py``,
+``SendScheduler`` in ``quicdist._scheduler_py``; they are re-exported here so
+this module stays the one pure twin of ``quicdist._fastpath``.
 """
 
 from __future__ import annotations
@@ -66,6 +73,14 @@ from ._constants import (
     V4_PORT_EXT,
     VERSION,
 )
+from ._framing_py import (
+    DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE,
+    TICK as TICK,
+    FrameDecoder,
+    pack_frame,
+    pack_frames,
+)
+from ._scheduler_py import SendScheduler
 from .errors import ConfigurationError, DecodeError, EncodeError
 from .terms import (
     Atom,
@@ -80,7 +95,17 @@ from .terms import (
 )
 
 
-__all__ = ["decode", "decode_from", "encode"]
+# The callables the compiled module must also have (tests/test_exports.py);
+# the constants TICK and DEFAULT_MAX_FRAME_SIZE are re-exported too, by name.
+__all__ = [
+    "FrameDecoder",
+    "SendScheduler",
+    "decode",
+    "decode_from",
+    "encode",
+    "pack_frame",
+    "pack_frames",
+]
 
 # ---------------------------------------------------------------------------
 # Messages shared with the Cython module (kept identical there).

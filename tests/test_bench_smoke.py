@@ -62,3 +62,47 @@ def test_bench_rejects_an_unknown_implementation():
     assert proc.returncode == 2
     assert "unknown implementation" in proc.stderr
     assert proc.stdout == ""
+
+
+FRAMING_CASES = {
+    "pack_frame_40b": "us", "pack_frame_64kib": "us", "pack_frames_100x40b": "us",
+    "decode_200k_40b_64kib_chunks": "us_per_frame", "decode_16mib_1200b_pieces": "ms_per_run",
+    "scheduler_next_1": "ns", "scheduler_next_16": "ns", "scheduler_next_1000": "ns",
+    "scheduler_next_1000_mixed": "ns", "scheduler_serve_cycle_1000_mixed": "ns",
+}
+
+
+def test_bench_framing_quick_pure_python_prints_complete_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "framing", "--quick", "--impl", "python"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+
+    assert doc["benchmark"] == "framing"
+    assert doc["errors"] == []
+    for key in ("python", "platform", "cpu_count", "git_head", "quicdist_version",
+                "compiled_module_available"):
+        assert key in doc["environment"]
+    assert list(doc["settings"]["implementations"]) == ["python"]
+    assert set(doc["cases"]) == set(FRAMING_CASES)
+    for case_id, key in FRAMING_CASES.items():
+        case = doc["cases"][case_id]
+        assert set(case["results"]) == {"python"}, case_id
+        assert _number(case["results"]["python"][key]), (case_id, case["results"])
+        assert "cython_speedup_vs_python" in case
+    decode = doc["cases"]["decode_200k_40b_64kib_chunks"]["results"]["python"]
+    assert _number(decode["frames_per_s"])
+    large = doc["cases"]["decode_16mib_1200b_pieces"]["results"]["python"]
+    assert _number(large["mb_per_s"]) and _number(large["second_half_over_first_half"])
+    assert len(doc["targets"]) == 3
+
+
+def test_bench_framing_rejects_an_alternative_implementation():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "framing", "--quick", "--impl", "erlpack"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown implementation" in proc.stderr and proc.stdout == ""
