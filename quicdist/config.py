@@ -1,0 +1,62 @@
+"""Settings of the QUIC carrier (frozen, validated at construction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._accel import DEFAULT_MAX_FRAME_SIZE
+from .errors import ConfigurationError
+
+
+__all__ = ["CarrierConfig"]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class CarrierConfig:
+    """How one node's QUIC connections behave.
+
+    Attributes:
+        idle_timeout: seconds without any packet from the peer before the
+            connection is dropped (upstream default 300).
+        keepalive_interval: seconds of silence after which a QUIC PING is
+            sent (upstream default 150).
+        max_datagram_size: UDP payload size of the datagrams we send
+            (upstream: 1452).
+        max_frame_size: the largest distribution frame accepted; a larger
+            announced length closes that connection with FrameError.
+        stream_window: receive credit per stream beyond what the
+            application consumed (upstream grants 4 MiB per stream).
+        connection_window: receive credit per connection beyond what was
+            consumed (upstream: 16 MiB).
+        send_buffer: bytes an outbox holds before a writer blocks.
+        quantum: the most bytes one scheduling decision hands to aioquic.
+        handshake_timeout: seconds a QUIC+TLS handshake may take.
+    """
+
+    idle_timeout: float = 300.0
+    keepalive_interval: float = 150.0
+    max_datagram_size: int = 1452
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    stream_window: int = 4 * MIB
+    connection_window: int = 16 * MIB
+    send_buffer: int = 1 * MIB
+    quantum: int = 16 * KIB
+    handshake_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "keepalive_interval", "handshake_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if not 1200 <= self.max_datagram_size <= 65527:
+            raise ConfigurationError("max_datagram_size must be in 1200..65527")
+        for name in ("max_frame_size", "stream_window", "connection_window", "send_buffer",
+                     "quantum"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive int")
+        if self.connection_window < self.stream_window:
+            raise ConfigurationError("connection_window must be at least stream_window")

@@ -1,0 +1,600 @@
+"""The QUIC carrier of the distribution protocol, sans I/O.
+
+:class:`CarrierProtocol` drives one aioquic ``QuicConnection`` and adds what
+aioquic leaves to its user (see STYLE.md §4):
+
+* the stream layout of quic_dist v1.3.0 (:mod:`quicdist.layout`): the
+  control stream, the reserved distribution data streams opened in order,
+  user streams above them;
+* distribution framing: one :class:`FrameDecoder` per data stream, frames
+  handed up in order (PROTOCOL.md §4);
+* priorities: quicdist, not aioquic, decides which stream's bytes enter
+  aioquic next, with a strict-priority, round-robin-within-urgency
+  :class:`SendScheduler`, and keeps only about one congestion window of
+  bytes queued inside aioquic, so urgent bytes overtake bulk data within
+  about one round trip;
+* send backpressure: bytes wait in per-stream *outboxes* owned by the layer
+  above (bounded there), and are pulled from them quantum by quantum;
+* receive backpressure: receive credit (MAX_STREAM_DATA / MAX_DATA) follows
+  what the application consumed (:meth:`CarrierProtocol.consume`) instead of
+  aioquic's policy of doubling it whatever the reader does;
+* keep-alive PINGs and typed close reasons.
+
+Like aioquic, every method that depends on time takes ``now``; nothing here
+touches a socket, a thread or a clock. The I/O thread in
+:mod:`quicdist.sync.iothread` is the only caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+from aioquic.quic import events as qe
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import stream_is_client_initiated
+from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.stream import QuicStream
+
+from ._accel import FrameDecoder, SendScheduler
+from .config import CarrierConfig
+from .errors import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    FrameError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    StreamClosed,
+)
+from .events import (
+    CarrierEvent,
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    ControlData,
+    DistFrames,
+    HandshakeCompleted,
+    UserStreamData,
+    UserStreamReset,
+    UserStreamStopped,
+)
+from .layout import (
+    CONTROL_STREAM,
+    StreamKind,
+    classify,
+    dist_send_stream,
+    reserved_streams,
+    urgency_of_kind,
+)
+from .tls import MutualTLSConnection, connection_closed_error
+
+
+__all__ = ["BytesOutbox", "CarrierConnection", "CarrierProtocol", "Outbox"]
+
+logger = logging.getLogger("quicdist.carrier")
+
+#: Application error codes of CONNECTION_CLOSE / RESET_STREAM we send.
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+#: What quic_dist resets an unwanted user stream with (no acceptor).
+STREAM_REFUSED = 0x100
+
+_MAX_STREAM_DATA_CAPACITY = 1 + 2 * 8
+_CONNECTION_LIMIT_CAPACITY = 1 + 8
+
+
+class Outbox(Protocol):
+    """Where a stream's outgoing bytes wait until the scheduler pulls them.
+
+    The layer above owns each outbox (and bounds it: a full outbox blocks the
+    writer there). The protocol only calls :meth:`take`, from the I/O thread.
+    """
+
+    def take(self, max_bytes: int) -> tuple[bytes, bool]:
+        """Up to ``max_bytes`` of pending bytes, and whether the stream ends after them."""
+        ...
+
+
+class BytesOutbox:
+    """A plain, unbounded, single-threaded outbox (tests and internal use)."""
+
+    __slots__ = ("_buffer", "_fin")
+
+    def __init__(self, data: bytes = b"", fin: bool = False) -> None:
+        self._buffer = bytearray(data)
+        self._fin = fin
+
+    def write(self, data: bytes, fin: bool = False) -> None:
+        if self._fin:
+            raise StreamClosed("write after the end of the stream")
+        self._buffer += data
+        self._fin = fin
+
+    def take(self, max_bytes: int) -> tuple[bytes, bool]:
+        chunk = bytes(self._buffer[:max_bytes])
+        del self._buffer[:max_bytes]
+        return chunk, self._fin and not self._buffer
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+
+class CarrierConnection(MutualTLSConnection):
+    """An aioquic connection whose receive credit is granted by the application.
+
+    aioquic doubles a stream's MAX_STREAM_DATA (and the connection's MAX_DATA)
+    whenever the peer has used half of it, whether or not anybody reads the
+    data. Here the credit of a stream is whatever the protocol put in
+    :attr:`stream_credit` (consumed bytes + window), and the connection's is
+    :attr:`connection_credit`; a reader that falls behind stops the credit
+    and the sender blocks, so memory stays bounded.
+
+    Relies on aioquic 1.7 internals (``_write_stream_limits``,
+    ``_write_connection_limits``, ``Limit``), pinned in pyproject.toml.
+    """
+
+    def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
+        super().__init__(configuration=configuration, **kwargs)
+        #: stream id -> the highest MAX_STREAM_DATA we are willing to grant.
+        self.stream_credit: dict[int, int] = {}
+        #: the highest MAX_DATA we are willing to grant.
+        self.connection_credit: int = configuration.max_data
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: Any, stream: QuicStream
+    ) -> None:
+        credit = self.stream_credit.get(stream.stream_id)  # type: ignore[arg-type]
+        if credit is not None and credit > stream.max_stream_data_local:
+            stream.max_stream_data_local = credit
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=_MAX_STREAM_DATA_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id)  # type: ignore[arg-type]
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+        max_data = self._local_max_data
+        if self.connection_credit > max_data.value:
+            max_data.value = self.connection_credit
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # batch MAX_STREAMS, as aioquic does
+            if limit.value != limit.sent:
+                buf = builder.start_frame(
+                    limit.frame_type,
+                    capacity=_CONNECTION_LIMIT_CAPACITY,
+                    handler=self._on_connection_limit_delivery,
+                    handler_args=(limit,),
+                )
+                buf.push_uint_var(limit.value)
+                limit.sent = limit.value
+
+
+class _Credit:
+    """Receive-credit bookkeeping of one stream."""
+
+    __slots__ = ("consumed", "granted")
+
+    def __init__(self, granted: int) -> None:
+        self.consumed = 0
+        self.granted = granted
+
+
+class CarrierProtocol:
+    """One distribution connection's QUIC state machine (sans I/O).
+
+    Args:
+        quic: the connection (client or server), not yet connected.
+        config: carrier settings (windows, quantum, frame size, keep-alive).
+    """
+
+    def __init__(self, quic: CarrierConnection, config: CarrierConfig) -> None:
+        self.quic = quic
+        self.config = config
+        self.is_client: bool = quic.configuration.is_client
+        self.dist_stream = dist_send_stream(self.is_client)
+        self._scheduler = SendScheduler()
+        self._outboxes: dict[int, Outbox] = {}
+        self._decoders: dict[int, FrameDecoder] = {}
+        self._credits: dict[int, _Credit] = {}
+        self._consumed_total = 0
+        self._control: deque[bytes] = deque()
+        self._control_handed = False
+        self._events: deque[CarrierEvent] = deque()
+        self._handshake_done = False
+        self._tls_done: str | None = None  # ALPN, once TLS completed locally
+        self._user_streams: set[int] = set()
+        self._finished_sending: set[int] = set()
+        self._in_aioquic: set[int] = set()
+        self._closed: ConnectionClosed | None = None
+        self._last_activity: float | None = None
+        self._handshake_deadline: float | None = None
+        self._ping_uid = 0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def handshake_complete(self) -> bool:
+        """QUIC and TLS are up (streams may be used)."""
+        return self._handshake_done
+
+    @property
+    def closed(self) -> ConnectionClosed | None:
+        """Why the connection is closed, or None while it is open."""
+        return self._closed
+
+    @property
+    def user_streams(self) -> frozenset[int]:
+        """The user streams this connection knows of (open in either direction)."""
+        return frozenset(self._user_streams)
+
+    # ----------------------------------------------------------------- inputs
+
+    def connect(self, addr: Any, now: float) -> None:
+        """Start the QUIC handshake (client only)."""
+        self.quic.connect(addr, now=now)
+        self._last_activity = now
+        self._handshake_deadline = now + self.config.handshake_timeout
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        """Feed one UDP datagram from the peer."""
+        if self._handshake_deadline is None:
+            self._handshake_deadline = now + self.config.handshake_timeout
+        self.quic.receive_datagram(data, addr, now=now)
+        self._last_activity = now
+        self._drain_quic_events()
+
+    def handle_timer(self, now: float) -> None:
+        """Call when :meth:`get_timer` is due."""
+        quic_timer = self.quic.get_timer()
+        if quic_timer is not None and now >= quic_timer:
+            self.quic.handle_timer(now=now)
+        if (not self._handshake_done and self._closed is None
+                and self._handshake_deadline is not None and now >= self._handshake_deadline):
+            self.quic.close(error_code=PROTOCOL_ERROR, reason_phrase="QUIC handshake timed out")
+        keepalive = self._keepalive_at()
+        if keepalive is not None and now >= keepalive and self._handshake_done:
+            self._ping_uid += 1
+            self.quic.send_ping(self._ping_uid)
+            self._last_activity = now
+        self._drain_quic_events()
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must be called next (None: no timer)."""
+        handshake = None if self._handshake_done else self._handshake_deadline
+        timers = [t for t in (self.quic.get_timer(), self._keepalive_at(), handshake)
+                  if t is not None]
+        return min(timers) if timers else None
+
+    def _keepalive_at(self) -> float | None:
+        if not self._handshake_done or self._closed is not None or self._last_activity is None:
+            return None
+        return self._last_activity + self.config.keepalive_interval
+
+    # ---------------------------------------------------------------- outputs
+
+    def next_events(self) -> list[CarrierEvent]:
+        """The events that happened since the last call, in order."""
+        self._drain_quic_events()
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """Pull scheduled bytes into aioquic and return the datagrams to send.
+
+        Each message queued with :meth:`send_control` leaves in its own
+        STREAM frame, in a later batch of datagrams than the one before it
+        (PROTOCOL.md §3: the Erlang peer hands "whatever is buffered" to its
+        handshake code).
+        """
+        out: list[tuple[bytes, Any]] = []
+        while True:
+            self._feed()
+            batch = self.quic.datagrams_to_send(now=now)
+            out.extend(batch)
+            handed = self._control_handed
+            self._control_handed = False
+            if not (handed and self._control and batch):
+                break
+        if out:
+            self._last_activity = now
+        self._drain_quic_events()
+        return out
+
+    # --------------------------------------------------------------- commands
+
+    def send_control(self, data: bytes) -> None:
+        """Queue one message for the control stream (a handshake message or a tick)."""
+        self._check_open()
+        if not self.is_client and not self._stream_exists(CONTROL_STREAM):
+            raise LocalProtocolError("the server cannot write to stream 0 before the client")
+        self._control.append(bytes(data))
+
+    def set_outbox(self, stream_id: int, outbox: Outbox, priority: int = 128) -> None:
+        """Attach the outbox a stream's outgoing bytes are pulled from.
+
+        The distribution stream (:attr:`dist_stream`) runs at urgency 1, user
+        streams at ``priority`` (16..255).
+        """
+        self._check_open()
+        kind = classify(stream_id)
+        if kind is StreamKind.CONTROL or kind is StreamKind.INVALID:
+            raise LocalProtocolError(f"stream {stream_id} takes no outbox")
+        if stream_id in self._outboxes:
+            raise LocalProtocolError(f"stream {stream_id} already has an outbox")
+        self._outboxes[stream_id] = outbox
+        self._scheduler.add(stream_id, urgency_of_kind(kind, priority))
+
+    def outbox_ready(self, stream_id: int) -> None:
+        """The outbox of ``stream_id`` has bytes (or its end) to send."""
+        if stream_id in self._outboxes:
+            self._scheduler.unblock(stream_id)
+
+    def set_priority(self, stream_id: int, priority: int) -> None:
+        """Change a user stream's priority (16..255)."""
+        self._scheduler.set_urgency(stream_id, urgency_of_kind(classify(stream_id), priority))
+
+    def open_user_stream(self, outbox: Outbox, priority: int = 128) -> int:
+        """Open the next user stream, sending from ``outbox``; returns its id."""
+        self._check_open()
+        if not self._handshake_done:
+            raise LocalProtocolError("user streams need a completed QUIC handshake")
+        urgency_of_kind(StreamKind.USER, priority)  # validates before anything changes
+        stream_id = self.quic.get_next_available_stream_id()
+        if classify(stream_id) is not StreamKind.USER:
+            raise LocalProtocolError(f"stream {stream_id} is not a user stream")
+        # Create it now (no bytes leave): the next call must get the next id.
+        self.quic.send_stream_data(stream_id, b"")
+        self._user_streams.add(stream_id)
+        self._credits[stream_id] = _Credit(self.quic._local_max_stream_data_bidi_local)
+        self.set_outbox(stream_id, outbox, priority)
+        return stream_id
+
+    def consume(self, stream_id: int, nbytes: int) -> None:
+        """The application has taken ``nbytes`` of a user stream's data: grant credit."""
+        credit = self._credits.get(stream_id)
+        if credit is None or nbytes <= 0:
+            return
+        credit.consumed += nbytes
+        self._grant(stream_id, credit)
+        self._consumed_total += nbytes
+        self._grant_connection()
+
+    def reset_stream(self, stream_id: int, code: int = 0) -> None:
+        """Abort a user stream both ways (RESET_STREAM and STOP_SENDING with ``code``)."""
+        if classify(stream_id) is not StreamKind.USER:
+            raise LocalProtocolError(f"only user streams can be reset, not {stream_id}")
+        self._forget_outbox(stream_id)
+        if self._closed is not None or not self._stream_exists(stream_id):
+            return
+        stream = self.quic._streams[stream_id]
+        if not stream.sender.is_finished and not stream.sender.reset_pending:
+            self.quic.reset_stream(stream_id, code)
+        if not stream.receiver.is_finished:
+            self.quic.stop_stream(stream_id, code)
+        self._release(stream_id)
+
+    def close(self, error_code: int = NO_ERROR, reason: str = "") -> None:
+        """Close the connection (CONNECTION_CLOSE with an application code)."""
+        if self._closed is None:
+            self.quic.close(error_code=error_code, reason_phrase=reason)
+            self._drain_quic_events()
+
+    def ping(self) -> None:
+        """Send a QUIC PING now (liveness probe)."""
+        self._ping_uid += 1
+        self.quic.send_ping(self._ping_uid)
+
+    # -------------------------------------------------------------- internals
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    def _stream_exists(self, stream_id: int) -> bool:
+        return stream_id in self.quic._streams
+
+    def _reserve_streams(self) -> None:
+        # Open our reserved ids in increasing order (nothing is sent): aioquic
+        # discards the ids a side skips, and the peer learns of them
+        # implicitly when a higher one carries data.
+        for stream_id in reserved_streams(self.is_client):
+            if not self._stream_exists(stream_id):
+                self.quic.send_stream_data(stream_id, b"")
+
+    def _feed(self) -> None:
+        """Hand aioquic the next bytes, most urgent first, about one window's worth."""
+        if not self._handshake_done or self._closed is not None:
+            return
+        quic = self.quic
+        if self._control and not self._control_handed:
+            quic.send_stream_data(CONTROL_STREAM, self._control.popleft())
+            self._control_handed = True
+        budget = quic._loss.congestion_window - self._unsent_in_aioquic()
+        quantum = self.config.quantum
+        scheduler = self._scheduler
+        while budget > 0:
+            stream_id = scheduler.next()
+            if stream_id < 0:
+                break
+            outbox = self._outboxes[stream_id]
+            data, fin = outbox.take(min(quantum, budget))
+            if data or fin:
+                try:
+                    quic.send_stream_data(stream_id, data, end_stream=fin)
+                except (ValueError, RuntimeError) as exc:
+                    # The stream was reset or finished meanwhile: its bytes go nowhere.
+                    logger.debug("dropping %d bytes for stream %d: %s", len(data), stream_id, exc)
+                    self._forget_outbox(stream_id)
+                    continue
+                budget -= len(data)
+                self._in_aioquic.add(stream_id)
+            if fin:
+                self._forget_outbox(stream_id)
+                self._finished_sending.add(stream_id)
+            elif not data:
+                scheduler.block(stream_id)
+
+    def _unsent_in_aioquic(self) -> int:
+        unsent = 0
+        streams = self.quic._streams
+        for stream_id in list(self._in_aioquic):
+            stream = streams.get(stream_id)
+            if stream is None:
+                self._in_aioquic.discard(stream_id)
+                continue
+            sender = stream.sender
+            left = sender._buffer_stop - sender.highest_offset
+            if left <= 0:
+                self._in_aioquic.discard(stream_id)
+            else:
+                unsent += left
+        return unsent
+
+    def _forget_outbox(self, stream_id: int) -> None:
+        if self._outboxes.pop(stream_id, None) is not None:
+            self._scheduler.remove(stream_id)
+
+    def _release(self, stream_id: int) -> None:
+        self._credits.pop(stream_id, None)
+        self.quic.stream_credit.pop(stream_id, None)
+        self._decoders.pop(stream_id, None)
+
+    def _grant(self, stream_id: int, credit: _Credit) -> None:
+        window = self.config.stream_window
+        target = credit.consumed + window
+        # Batch updates: announce new credit once a quarter window was freed.
+        if target - credit.granted >= window // 4:
+            credit.granted = target
+            self.quic.stream_credit[stream_id] = target
+
+    def _grant_connection(self) -> None:
+        window = self.config.connection_window
+        target = self._consumed_total + window
+        if target - self.quic.connection_credit >= window // 4:
+            self.quic.connection_credit = target
+
+    def _credit_for(self, stream_id: int) -> _Credit:
+        credit = self._credits.get(stream_id)
+        if credit is None:
+            credit = self._credits[stream_id] = _Credit(
+                self.quic._local_max_stream_data_bidi_remote)
+        return credit
+
+    def _drain_quic_events(self) -> None:
+        quic = self.quic
+        while True:
+            event = quic.next_event()
+            if event is None:
+                break
+            if isinstance(event, qe.StreamDataReceived):
+                self._on_stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, qe.HandshakeCompleted):
+                self._tls_done = event.alpn_protocol or ""
+            elif isinstance(event, qe.StreamReset):
+                self._on_stream_reset(event.stream_id, event.error_code)
+            elif isinstance(event, qe.StopSendingReceived):
+                self._on_stop_sending(event.stream_id, event.error_code)
+            elif isinstance(event, qe.ConnectionIdIssued):
+                self._events.append(ConnectionIdIssued(event.connection_id))
+            elif isinstance(event, qe.ConnectionIdRetired):
+                self._events.append(ConnectionIdRetired(event.connection_id))
+        # A client's TLS finishes before the server has checked the client's
+        # certificate: report the handshake once the server confirmed it
+        # (HANDSHAKE_DONE), so a refused client never looks connected.
+        if (self._tls_done is not None and not self._handshake_done
+                and (not self.is_client or quic._handshake_confirmed)):
+            self._handshake_done = True
+            self._reserve_streams()
+            cert = quic.peer_certificate
+            self._events.append(HandshakeCompleted(
+                alpn=self._tls_done,
+                peer_subject=cert.subject.rfc4514_string() if cert is not None else ""))
+        # aioquic reports ConnectionTerminated only when the closing or
+        # draining period ends (3 PTO later); the connection is unusable from
+        # the moment a close is decided, so report it now.
+        if self._closed is None:
+            error = connection_closed_error(quic)
+            if error is not None:
+                self._set_closed(error)
+
+    def _on_stream_data(self, stream_id: int, data: bytes, fin: bool) -> None:
+        kind = classify(stream_id)
+        if kind is StreamKind.USER:
+            if stream_id not in self._user_streams:
+                if stream_is_client_initiated(stream_id) == self.is_client:
+                    return  # data on a stream of ours that we already let go of
+                self._user_streams.add(stream_id)
+                self._credit_for(stream_id)
+            self._events.append(UserStreamData(stream_id, data, fin))
+            return
+        # Control, distribution and stray streams are consumed on delivery.
+        self._consume_now(stream_id, len(data))
+        if kind is StreamKind.CONTROL:
+            if data:
+                self._events.append(ControlData(data))
+            return
+        if kind is StreamKind.INVALID:
+            logger.warning("ignoring %d bytes on unidirectional stream %d", len(data), stream_id)
+            return
+        decoder = self._decoders.get(stream_id)
+        if decoder is None:
+            decoder = self._decoders[stream_id] = FrameDecoder(self.config.max_frame_size)
+        try:
+            frames = decoder.feed(data)
+        except FrameError as exc:
+            self._fail(exc)
+            return
+        if frames:
+            payloads = [f for f in frames if f]
+            self._events.append(DistFrames(stream_id, payloads, len(frames) - len(payloads)))
+
+    def _consume_now(self, stream_id: int, nbytes: int) -> None:
+        credit = self._credit_for(stream_id)
+        credit.consumed += nbytes
+        self._grant(stream_id, credit)
+        self._consumed_total += nbytes
+        self._grant_connection()
+
+    def _on_stream_reset(self, stream_id: int, code: int) -> None:
+        if classify(stream_id) is StreamKind.USER:
+            self._forget_outbox(stream_id)
+            self._release(stream_id)
+            self._events.append(UserStreamReset(stream_id, code))
+        else:
+            self._fail(RemoteProtocolError(
+                f"the peer reset distribution stream {stream_id} (code {code})"))
+
+    def _on_stop_sending(self, stream_id: int, code: int) -> None:
+        if classify(stream_id) is not StreamKind.USER:
+            self._fail(RemoteProtocolError(
+                f"the peer stopped distribution stream {stream_id} (code {code})"))
+            return
+        self._forget_outbox(stream_id)
+        stream = self.quic._streams.get(stream_id)
+        if stream is not None and not stream.sender.is_finished and not stream.sender.reset_pending:
+            self.quic.reset_stream(stream_id, code)
+        self._events.append(UserStreamStopped(stream_id, code))
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        logger.warning("closing the connection: %s", exc)
+        self.quic.close(error_code=exc.error_code, reason_phrase=str(exc)[:200])
+        error = ConnectionClosedError(str(exc), exc.error_code, initiated_locally=True)
+        error.__cause__ = exc
+        self._set_closed(error)
+
+    def _set_closed(self, error: ConnectionClosed) -> None:
+        if self._closed is None:
+            self._closed = error
+            self._scheduler = SendScheduler()
+            self._outboxes.clear()
+            self._events.append(ConnectionTerminated(error))
+

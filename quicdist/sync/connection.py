@@ -1,0 +1,523 @@
+"""One carrier connection and the I/O thread that alone drives it.
+
+A :class:`Connection` owns a :class:`~quicdist.protocol.CarrierProtocol`
+(and through it the aioquic ``QuicConnection``). Its I/O thread is the only
+thread that touches them: it reads datagrams (from its own socket when it
+dialed, or from the listener that routed them to it), fires timers, runs
+the commands user threads posted, pulls scheduled bytes out of the
+outboxes, sends datagrams, and hands events to the layer above.
+
+User threads never block the I/O thread: commands go through a queue and a
+coalescing wake-up byte; bytes to send wait in bounded outboxes (the writer
+blocks there, with a timeout); events are handed to a callback that must
+not block, or queued for :meth:`Connection.next_event`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ..config import CarrierConfig
+from ..errors import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    QuicDistTimeoutError,
+)
+from ..events import (
+    CarrierEvent,
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    HandshakeCompleted,
+)
+from ..protocol import CarrierConnection, CarrierProtocol
+from ..tls import TLSConfig, quic_configuration
+from .outbox import FrameOutbox, StreamOutbox
+from .utils import Deadline, Wakeup
+
+
+__all__ = ["Connection", "connect"]
+
+logger = logging.getLogger("quicdist.carrier")
+
+EventHandler = Callable[["Connection", CarrierEvent], None]
+
+#: Datagrams read from a socket before the loop looks at anything else.
+_READ_BATCH = 64
+#: How long close() keeps sending the CONNECTION_CLOSE and waiting for the thread.
+_CLOSE_TIMEOUT = 5.0
+
+
+class Connection:
+    """A QUIC carrier connection (thread-safe).
+
+    Made by :func:`connect` (dialing) or by a
+    :class:`~quicdist.sync.listener.Listener` (accepted); not constructed
+    directly.
+
+    Events (:mod:`quicdist.events`) go to ``on_event(connection, event)``,
+    called on the I/O thread (it must not block), or, without a handler, to
+    a queue read by :meth:`next_event`.
+    """
+
+    def __init__(
+        self,
+        protocol: CarrierProtocol,
+        sock: socket.socket,
+        peer: Any,
+        *,
+        owns_socket: bool,
+        name: str,
+        on_event: EventHandler | None = None,
+        on_routes: Callable[[Connection, CarrierEvent], None] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.peer = peer
+        self.name = name
+        self.is_client = protocol.is_client
+        self._sock = sock
+        self._owns_socket = owns_socket
+        self._on_event = on_event
+        self._on_routes = on_routes
+        self._events: queue.SimpleQueue[CarrierEvent] = queue.SimpleQueue()
+        self._wakeup = Wakeup()
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._inbound: queue.SimpleQueue[tuple[bytes, Any]] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Guards _closing against concurrent _post(): a command is either
+        # queued before the close is decided, or refused.
+        self._lock = threading.Lock()
+        self._closing = False
+        self._close_error: ConnectionClosed | None = None
+        self._handshake = threading.Event()
+        # Set once the handshake either completed or can no longer complete.
+        self._settled = threading.Event()
+        self._finished = threading.Event()
+        self._stream_outboxes: dict[int, StreamOutbox] = {}
+        # Datagrams the kernel had no room for yet (I/O thread only): they are
+        # sent first, as soon as the socket is writable, before any new ones.
+        self._backlog: deque[tuple[bytes, Any]] = deque()
+        self._selector: selectors.BaseSelector | None = None
+        config = protocol.config
+        self.dist_outbox = FrameOutbox(config.send_buffer,
+                                       lambda: self._mark_ready(protocol.dist_stream))
+        self._thread = threading.Thread(target=self._run, name=f"quicdist-io-{name}", daemon=True)
+
+    # ------------------------------------------------------------ user side
+
+    def start(self) -> None:
+        """Start the I/O thread (once)."""
+        self._thread.start()
+
+    @property
+    def closed(self) -> ConnectionClosed | None:
+        """Why the connection is closed, or None while it is open."""
+        return self._close_error
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def wait_handshake(self, timeout: float | None) -> None:
+        """Block until QUIC and TLS are up; raise the close error if they never are."""
+        if not self._settled.wait(timeout):
+            raise QuicDistTimeoutError("timed out waiting for the QUIC handshake")
+        if not self._handshake.is_set():
+            assert self._close_error is not None
+            raise self._close_error
+
+    def send_control(self, data: bytes) -> None:
+        """Send one control-stream message (a handshake message or a tick).
+
+        Each call leaves in its own STREAM frame (PROTOCOL.md §3).
+        """
+        payload = bytes(data)
+        self._post(lambda: self.protocol.send_control(payload))
+
+    def send_dist(self, payload: bytes, timeout: float | None = None) -> None:
+        """Queue one distribution message; blocks while the send buffer is full."""
+        self._check_open()
+        self.dist_outbox.put(payload, timeout)
+
+    def open_stream(self, priority: int = 128, timeout: float | None = 10.0
+                    ) -> tuple[int, StreamOutbox]:
+        """Open a user stream; returns its id and the outbox to write to."""
+        outbox_box: list[StreamOutbox] = []
+
+        def open_() -> int:
+            outbox = StreamOutbox(self.protocol.config.send_buffer, lambda: None)
+            stream_id = self.protocol.open_user_stream(outbox, priority)
+            outbox._notify = lambda: self._mark_ready(stream_id)
+            self._stream_outboxes[stream_id] = outbox
+            outbox_box.append(outbox)
+            return stream_id
+
+        stream_id = self._call(open_, timeout)
+        return stream_id, outbox_box[0]
+
+    def stream_outbox(self, stream_id: int, priority: int = 128,
+                      timeout: float | None = 10.0) -> StreamOutbox:
+        """The outbox of a stream the peer opened (made on first use)."""
+        def attach() -> StreamOutbox:
+            outbox = self._stream_outboxes.get(stream_id)
+            if outbox is None:
+                outbox = StreamOutbox(self.protocol.config.send_buffer,
+                                      lambda: self._mark_ready(stream_id))
+                self.protocol.set_outbox(stream_id, outbox, priority)
+                self._stream_outboxes[stream_id] = outbox
+            return outbox
+
+        outbox: StreamOutbox = self._call(attach, timeout)
+        return outbox
+
+    def consume(self, stream_id: int, nbytes: int) -> None:
+        """Tell the peer it may send ``nbytes`` more on a user stream (credit)."""
+        self._post(lambda: self.protocol.consume(stream_id, nbytes), quiet=True)
+
+    def reset_stream(self, stream_id: int, code: int = 0) -> None:
+        """Abort a user stream in both directions with ``code``."""
+        self._post(lambda: self._reset(stream_id, code), quiet=True)
+
+    def ping(self) -> None:
+        """Send a QUIC PING now."""
+        self._post(self.protocol.ping)
+
+    def next_event(self, timeout: float | None = None) -> CarrierEvent:
+        """The next event (only without an ``on_event`` handler).
+
+        Raises QuicDistTimeoutError when none arrives in time.
+        """
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            raise QuicDistTimeoutError("timed out waiting for a carrier event") from None
+
+    def close(self, error_code: int = 0, reason: str = "", timeout: float | None = _CLOSE_TIMEOUT
+              ) -> None:
+        """Close the connection and wait (up to ``timeout``) for its thread to end.
+
+        Idempotent. Safe to call from the I/O thread itself (then it does
+        not wait).
+        """
+        with self._lock:
+            first = not self._closing
+            self._closing = True
+            if first:
+                self._commands.put(lambda: self.protocol.close(error_code, reason))
+        self._wakeup.wake()
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the I/O thread to end; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._close_error else "open"
+        return f"<Connection {self.name} {'client' if self.is_client else 'server'} {state}>"
+
+    # ------------------------------------------------------------- plumbing
+
+    def _check_open(self) -> None:
+        if self._close_error is not None:
+            raise self._close_error
+
+    def _post(self, command: Callable[[], None], quiet: bool = False) -> None:
+        with self._lock:
+            if self._closing or self._close_error is not None:
+                if quiet:
+                    return
+                raise self._close_error or ConnectionClosedError(
+                    "connection is closing", initiated_locally=True)
+            self._commands.put(command)
+        self._wakeup.wake()
+
+    def _call(self, fn: Callable[[], Any], timeout: float | None) -> Any:
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+        self._post(run)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise QuicDistTimeoutError("timed out waiting for the I/O thread") from None
+
+    def _mark_ready(self, stream_id: int) -> None:
+        self._ready.put(stream_id)
+        self._wakeup.wake()
+
+    def deliver(self, data: bytes, addr: Any) -> None:
+        """A datagram routed here by the listener (listener thread)."""
+        self._inbound.put((data, addr))
+        self._wakeup.wake()
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        outbox = self._stream_outboxes.pop(stream_id, None)
+        self.protocol.reset_stream(stream_id, code)
+        if outbox is not None:
+            from ..errors import StreamClosed
+
+            outbox.fail(StreamClosed(f"stream {stream_id} was reset locally", stream_id))
+
+    # ------------------------------------------------------------ I/O thread
+
+    def _run(self) -> None:
+        protocol = self.protocol
+        selector = self._selector = selectors.DefaultSelector()
+        try:
+            selector.register(self._wakeup, selectors.EVENT_READ)
+            if self._owns_socket:
+                self._sock.setblocking(False)
+                tune_socket(self._sock)
+                selector.register(self._sock, selectors.EVENT_READ)
+                protocol.connect(self.peer, time.monotonic())
+            while True:
+                timer = protocol.get_timer()
+                now = time.monotonic()
+                wait = None if timer is None else max(timer - now, 0.0)
+                for key, _ in selector.select(wait):
+                    if key.fileobj is self._wakeup:
+                        self._wakeup.drain()
+                now = time.monotonic()
+                if self._owns_socket:
+                    self._read_socket(now)
+                self._drain_inbound(now)
+                self._run_commands()
+                self._drain_ready()
+                timer = protocol.get_timer()
+                if timer is not None and now >= timer:
+                    protocol.handle_timer(now)
+                self._transmit(now)
+                self._dispatch(protocol.next_events())
+                if protocol.closed is not None:
+                    self._transmit(time.monotonic())
+                    break
+        except BaseException as exc:  # a bug: report it once, fail everything cleanly
+            logger.error("I/O thread of %s failed", self.name, exc_info=True)
+            error = ConnectionClosedError(f"I/O thread failed: {exc!r}", initiated_locally=True)
+            error.__cause__ = exc
+            self._terminate(error)
+        finally:
+            if self._close_error is None:
+                self._terminate(protocol.closed or ConnectionClosedError(
+                    "connection ended", initiated_locally=True))
+            selector.close()
+            with self._lock:
+                self._closing = True
+            self._wakeup.close()
+            if self._owns_socket:
+                self._sock.close()
+            self._finished.set()
+
+    def _read_socket(self, now: float) -> None:
+        sock = self._sock
+        protocol = self.protocol
+        for _ in range(_READ_BATCH):
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                # ICMP port unreachable: nobody listens there. Before the
+                # handshake that is a failed dial; afterwards loss handling
+                # and the idle timeout decide.
+                if not protocol.handshake_complete:
+                    protocol.close(0x1, "peer unreachable (ICMP port unreachable)")
+                    self._terminate(ConnectionClosedError(
+                        f"nobody listens at {self.peer} (ICMP port unreachable)",
+                        initiated_locally=True))
+                return
+            protocol.receive_datagram(data, self.peer, now)
+
+    def _drain_inbound(self, now: float) -> None:
+        inbound = self._inbound
+        protocol = self.protocol
+        while True:
+            try:
+                data, addr = inbound.get_nowait()
+            except queue.Empty:
+                return
+            protocol.receive_datagram(data, addr, now)
+
+    def _run_commands(self) -> None:
+        commands = self._commands
+        while True:
+            try:
+                command = commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                command()
+            except ConnectionClosed:
+                pass  # the protocol is closed; the command's caller was told or will be
+            except Exception:
+                logger.exception("command failed on %s", self.name)
+
+    def _drain_ready(self) -> None:
+        ready = self._ready
+        protocol = self.protocol
+        while True:
+            try:
+                stream_id = ready.get_nowait()
+            except queue.Empty:
+                return
+            protocol.outbox_ready(stream_id)
+
+    def _transmit(self, now: float) -> None:
+        # Datagrams that did not fit in the socket buffer go first; while any
+        # wait, no new ones are made (aioquic counts them in flight already:
+        # dropping them would look like loss and stall on the PTO timer).
+        backlog = self._backlog
+        if not backlog:
+            backlog.extend(self.protocol.datagrams_to_send(now))
+        sock = self._sock
+        owns = self._owns_socket
+        while backlog:
+            data, addr = backlog[0]
+            try:
+                if owns:
+                    sock.send(data)
+                else:
+                    sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                     errno.EMSGSIZE):
+                    raise
+            backlog.popleft()
+            if not backlog:
+                backlog.extend(self.protocol.datagrams_to_send(now))
+        self._want_write(bool(backlog))
+
+    def _want_write(self, want: bool) -> None:
+        selector = self._selector
+        if selector is None:
+            return
+        try:
+            key = selector.get_key(self._sock)
+        except KeyError:
+            if want:
+                selector.register(self._sock, selectors.EVENT_WRITE)
+            return
+        events = selectors.EVENT_READ if self._owns_socket else 0
+        if want:
+            events |= selectors.EVENT_WRITE
+        if events == 0:
+            selector.unregister(self._sock)
+        elif key.events != events:
+            selector.modify(self._sock, events)
+
+    def _dispatch(self, events: list[CarrierEvent]) -> None:
+        for event in events:
+            if isinstance(event, HandshakeCompleted):
+                self.protocol.set_outbox(self.protocol.dist_stream, self.dist_outbox, 1)
+                self._handshake.set()
+                self._settled.set()
+            elif isinstance(event, ConnectionIdIssued | ConnectionIdRetired):
+                if self._on_routes is not None:
+                    self._on_routes(self, event)
+                continue
+            elif isinstance(event, ConnectionTerminated):
+                self._terminate(event.error)
+            if self._on_event is not None:
+                try:
+                    self._on_event(self, event)
+                except Exception:
+                    logger.exception("event handler failed on %s for %r", self.name, event)
+            else:
+                self._events.put(event)
+
+    def _terminate(self, error: ConnectionClosed) -> None:
+        if self._close_error is not None:
+            return
+        self._close_error = error
+        self._settled.set()
+        self.dist_outbox.fail(error)
+        for outbox in self._stream_outboxes.values():
+            outbox.fail(error)
+        if self._on_routes is not None:
+            self._on_routes(self, ConnectionTerminated(error))
+
+
+def tune_socket(sock: socket.socket, size: int = 4 * 1024 * 1024) -> None:
+    """Ask for large socket buffers (the kernel caps them at net.core.[rw]mem_max)."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass
+
+
+def connect(
+    host: str,
+    port: int,
+    *,
+    tls: TLSConfig,
+    config: CarrierConfig | None = None,
+    timeout: float | None = 10.0,
+    on_event: EventHandler | None = None,
+    name: str | None = None,
+) -> Connection:
+    """Dial ``host:port`` over QUIC and wait for the TLS handshake.
+
+    The connection gets its own UDP socket and I/O thread.
+
+    Raises:
+        OSError: the address cannot be resolved or the socket not opened.
+        CertificateError / TLSHandshakeError: TLS refused (both sides know why).
+        ConnectionClosedError: nobody answers (ICMP unreachable) or the peer closed.
+        QuicDistTimeoutError: no handshake within ``timeout``.
+    """
+    config = config or CarrierConfig()
+    deadline = Deadline(timeout)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.connect(addr)
+        configuration = quic_configuration(
+            tls, is_client=True, idle_timeout=config.idle_timeout,
+            max_datagram_size=config.max_datagram_size,
+            max_data=config.connection_window, max_stream_data=config.stream_window,
+        )
+        quic = CarrierConnection(configuration=configuration)
+        protocol = CarrierProtocol(quic, config)
+        connection = Connection(protocol, sock, addr, owns_socket=True,
+                                name=name or f"{host}:{port}", on_event=on_event)
+    except BaseException:
+        sock.close()
+        raise
+    connection.start()
+    try:
+        wait = deadline.timeout()
+        connection.wait_handshake(config.handshake_timeout if wait is None
+                                  else min(wait, config.handshake_timeout))
+    except BaseException:
+        connection.close(reason="handshake failed")
+        raise
+    return connection
