@@ -23,8 +23,13 @@ class CarrierConfig:
             connection is dropped (upstream default 300).
         keepalive_interval: seconds of silence after which a QUIC PING is
             sent (upstream default 150).
-        max_datagram_size: UDP payload size of the datagrams we send
-            (upstream: 1452).
+        max_datagram_size: UDP payload size of the datagrams we send at
+            first and fall back to (upstream: 1452).
+        pmtu_discovery: probe for larger datagrams where the path allows
+            (loopback, jumbo-frame LANs), never above the peer's
+            max_udp_payload_size nor the kernel's path MTU.
+        pmtu_max: the largest datagram discovery may settle on (aioquic
+            limits frames to 16383 bytes, so at most 16384).
         max_frame_size: the largest distribution frame accepted; a larger
             announced length closes that connection with FrameError.
         stream_window: receive credit per stream beyond what the
@@ -39,6 +44,8 @@ class CarrierConfig:
     idle_timeout: float = 300.0
     keepalive_interval: float = 150.0
     max_datagram_size: int = 1452
+    pmtu_discovery: bool = True
+    pmtu_max: int = 16384
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     stream_window: int = 4 * MIB
     connection_window: int = 16 * MIB
@@ -51,8 +58,11 @@ class CarrierConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
-        if not 1200 <= self.max_datagram_size <= 65527:
-            raise ConfigurationError("max_datagram_size must be in 1200..65527")
+        if not 1200 <= self.max_datagram_size <= 16384:
+            raise ConfigurationError(
+                "max_datagram_size must be in 1200..16384 (aioquic 1.7 cannot frame more)")
+        if not self.max_datagram_size <= self.pmtu_max <= 16384:
+            raise ConfigurationError("pmtu_max must be in max_datagram_size..16384")
         for name in ("max_frame_size", "stream_window", "connection_window", "send_buffer",
                      "quantum"):
             value = getattr(self, name)

@@ -29,13 +29,19 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from aioquic._buffer import Buffer
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import stream_is_client_initiated
-from aioquic.quic.packet import QuicFrameType
-from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.packet import QuicFrameType, pull_quic_transport_parameters
+from aioquic.quic.packet_builder import (
+    QuicDeliveryState,
+    QuicPacketBuilder,
+    QuicPacketBuilderStop,
+)
 from aioquic.quic.stream import QuicStream
 
 from ._accel import FrameDecoder, SendScheduler
@@ -80,6 +86,13 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 #: What quic_dist resets an unwanted user stream with (no acceptor).
 STREAM_REFUSED = 0x100
+
+#: aioquic 1.7 writes a STREAM frame's length as a 2-byte varint, so no
+#: frame may carry 16384 bytes or more; datagrams are kept at this size or
+#: below (every frame then fits).
+AIOQUIC_MAX_DATAGRAM = 16384
+#: QUIC's default for a peer that announces no max_udp_payload_size.
+_DEFAULT_MAX_UDP_PAYLOAD = 65527
 
 _MAX_STREAM_DATA_CAPACITY = 1 + 2 * 8
 _CONNECTION_LIMIT_CAPACITY = 1 + 8
@@ -141,6 +154,65 @@ class CarrierConnection(MutualTLSConnection):
         self.stream_credit: dict[int, int] = {}
         #: the highest MAX_DATA we are willing to grant.
         self.connection_credit: int = configuration.max_data
+        #: the peer's max_udp_payload_size transport parameter (aioquic
+        #: checks it but does not keep it; we must never send more).
+        self.peer_max_udp_payload: int = _DEFAULT_MAX_UDP_PAYLOAD
+        #: (ping uid, size) of the path-MTU probe in progress, if any.
+        self.mtu_probe: tuple[int, int] | None = None
+        #: outcome of the last probe: (size, acked) — read by the protocol.
+        self.mtu_probe_result: tuple[int, bool] | None = None
+
+    @property
+    def datagram_size(self) -> int:
+        """The UDP payload size packets are built for now."""
+        return int(self._max_datagram_size)
+
+    def set_datagram_size(self, size: int) -> None:
+        """Build packets of ``size`` bytes from now on (pacer and congestion
+        control follow, so their per-packet arithmetic stays right)."""
+        self._max_datagram_size = size
+        loss = self._loss
+        loss._pacer._max_datagram_size = size
+        cc = loss._cc
+        if hasattr(cc, "_max_datagram_size"):
+            cc._max_datagram_size = size
+        if hasattr(cc, "additive_increase_factor"):
+            cc.additive_increase_factor = size
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False
+                                    ) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        try:
+            params = pull_quic_transport_parameters(Buffer(data=data))
+        except ValueError:  # aioquic has already refused it
+            return
+        if params.max_udp_payload_size is not None:
+            self.peer_max_udp_payload = params.max_udp_payload_size
+
+    def _write_ping_frame(self, builder: QuicPacketBuilder, uids: list[int] = [],  # noqa: B006
+                          comment: str = "") -> None:
+        super()._write_ping_frame(builder, uids, comment)
+        probe = self.mtu_probe
+        if probe is not None and probe[0] in uids:
+            # Fill the packet: the probe is a PING padded to the probe size.
+            room = min(builder.remaining_buffer_space, builder.remaining_flight_space)
+            if room > 1:
+                try:
+                    buf = builder.start_frame(QuicFrameType.PADDING, capacity=room)
+                except QuicPacketBuilderStop:
+                    return
+                buf.push_bytes(bytes(room - 1))
+
+    def _on_ping_delivery(self, delivery: QuicDeliveryState, uids: Sequence[int]) -> None:
+        probe = self.mtu_probe
+        if probe is not None and probe[0] in uids:
+            # A lost probe is an answer, not something to resend.
+            self.mtu_probe = None
+            self.mtu_probe_result = (probe[1], delivery == QuicDeliveryState.ACKED)
+            uids = [uid for uid in uids if uid != probe[0]]
+            if not uids:
+                return
+        super()._on_ping_delivery(delivery, uids)
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: Any, stream: QuicStream
@@ -217,6 +289,11 @@ class CarrierProtocol:
         self._last_activity: float | None = None
         self._handshake_deadline: float | None = None
         self._ping_uid = 0
+        # Path-MTU discovery (RFC 8899 style, over PING+PADDING probes).
+        self._path_mtu: int | None = None  # what the kernel's route allows
+        self._mtu_failed: int | None = None  # smallest size known not to pass
+        self._mtu_probes_left = 4 if config.pmtu_discovery else 0
+        self._probe_sent = False
 
     # ------------------------------------------------------------------ state
 
@@ -259,6 +336,9 @@ class CarrierProtocol:
         if (not self._handshake_done and self._closed is None
                 and self._handshake_deadline is not None and now >= self._handshake_deadline):
             self.quic.close(error_code=PROTOCOL_ERROR, reason_phrase="QUIC handshake timed out")
+        if (self.quic.datagram_size > self.config.max_datagram_size
+                and self.quic._loss._pto_count >= 2):
+            self._mtu_black_hole("two probe timeouts in a row")
         keepalive = self._keepalive_at()
         if keepalive is not None and now >= keepalive and self._handshake_done:
             self._ping_uid += 1
@@ -296,9 +376,22 @@ class CarrierProtocol:
         handshake code).
         """
         out: list[tuple[bytes, Any]] = []
+        quic = self.quic
         while True:
             self._feed()
-            batch = self.quic.datagrams_to_send(now=now)
+            probe = quic.mtu_probe
+            if probe is not None and not self._probe_sent:
+                # Build this batch at the probe size: the padded PING fills a
+                # datagram of exactly that size.
+                size = quic._max_datagram_size
+                quic._max_datagram_size = probe[1]
+                try:
+                    batch = quic.datagrams_to_send(now=now)
+                finally:
+                    quic._max_datagram_size = size
+                self._probe_sent = probe[0] not in quic._ping_pending
+            else:
+                batch = quic.datagrams_to_send(now=now)
             out.extend(batch)
             handed = self._control_handed
             self._control_handed = False
@@ -387,6 +480,68 @@ class CarrierProtocol:
         if self._closed is None:
             self.quic.close(error_code=error_code, reason_phrase=reason)
             self._drain_quic_events()
+
+    @property
+    def datagram_size(self) -> int:
+        """The UDP payload size in use (grows as path-MTU discovery succeeds)."""
+        return self.quic.datagram_size
+
+    def set_path_mtu(self, payload: int | None) -> None:
+        """What the kernel says the path carries (UDP payload bytes), or None."""
+        self._path_mtu = payload
+        if payload is not None and payload < self.quic.datagram_size:
+            self._mtu_black_hole(f"the kernel's path MTU dropped to {payload}")
+        self._maybe_probe()
+
+    def path_mtu_exceeded(self) -> None:
+        """A datagram was too big for the path (EMSGSIZE): fall back at once."""
+        if self.quic.datagram_size > self.config.max_datagram_size:
+            self._mtu_black_hole("a datagram was too big for the path")
+
+    def _mtu_ceiling(self) -> int:
+        limits = [min(self.config.pmtu_max, AIOQUIC_MAX_DATAGRAM), self.quic.peer_max_udp_payload]
+        if self._path_mtu is not None:
+            limits.append(self._path_mtu)
+        if self._mtu_failed is not None:
+            limits.append(self._mtu_failed - 1)
+        return min(limits)
+
+    def _maybe_probe(self) -> None:
+        quic = self.quic
+        if (not self._handshake_done or self._closed is not None or quic.mtu_probe is not None
+                or self._mtu_probes_left <= 0):
+            return
+        current = quic.datagram_size
+        ceiling = self._mtu_ceiling()
+        if ceiling - current < 256:
+            self._mtu_probes_left = 0  # close enough: the search is over
+            return
+        target = ceiling if self._mtu_failed is None else (current + ceiling) // 2
+        self._mtu_probes_left -= 1
+        self._ping_uid += 1
+        quic.mtu_probe = (self._ping_uid, target)
+        self._probe_sent = False
+        quic.send_ping(self._ping_uid)
+
+    def _mtu_probe_done(self, size: int, acked: bool) -> None:
+        if acked:
+            if size > self.quic.datagram_size:
+                logger.debug("path carries %d-byte datagrams", size)
+                self.quic.set_datagram_size(size)
+        elif self._mtu_failed is None or size < self._mtu_failed:
+            self._mtu_failed = size
+        self._maybe_probe()
+
+    def _mtu_black_hole(self, why: str) -> None:
+        base = self.config.max_datagram_size
+        current = self.quic.datagram_size
+        if current > base:
+            logger.warning("datagrams of %d bytes no longer pass (%s): back to %d",
+                           current, why, base)
+            self.quic.set_datagram_size(base)
+            self._mtu_failed = current if self._mtu_failed is None else min(
+                self._mtu_failed, current)
+        self.quic.mtu_probe = None
 
     def ping(self) -> None:
         """Send a QUIC PING now (liveness probe)."""
@@ -518,6 +673,11 @@ class CarrierProtocol:
             self._events.append(HandshakeCompleted(
                 alpn=self._tls_done,
                 peer_subject=cert.subject.rfc4514_string() if cert is not None else ""))
+            self._maybe_probe()
+        if quic.mtu_probe_result is not None:
+            size, acked = quic.mtu_probe_result
+            quic.mtu_probe_result = None
+            self._mtu_probe_done(size, acked)
         # aioquic reports ConnectionTerminated only when the closing or
         # draining period ends (3 PTO later); the connection is unusable from
         # the moment a close is decided, so report it now.

@@ -15,7 +15,6 @@ not block, or queued for :meth:`Connection.next_event`.
 
 from __future__ import annotations
 
-import errno
 import logging
 import queue
 import selectors
@@ -43,6 +42,7 @@ from ..events import (
 from ..protocol import CarrierConnection, CarrierProtocol
 from ..tls import TLSConfig, quic_configuration
 from .outbox import FrameOutbox, StreamOutbox
+from .udp import UdpIO, path_mtu_payload, set_dont_fragment
 from .utils import Deadline, Wakeup
 
 
@@ -108,6 +108,8 @@ class Connection:
         # sent first, as soon as the socket is writable, before any new ones.
         self._backlog: deque[tuple[bytes, Any]] = deque()
         self._selector: selectors.BaseSelector | None = None
+        self._want_writable = False
+        self._udp = UdpIO(sock, connected=owns_socket, peer=peer, gro=owns_socket)
         config = protocol.config
         self.dist_outbox = FrameOutbox(config.send_buffer,
                                        lambda: self._mark_ready(protocol.dist_stream))
@@ -293,8 +295,11 @@ class Connection:
             if self._owns_socket:
                 self._sock.setblocking(False)
                 tune_socket(self._sock)
+                set_dont_fragment(self._sock)
                 selector.register(self._sock, selectors.EVENT_READ)
                 protocol.connect(self.peer, time.monotonic())
+            if protocol.config.pmtu_discovery:
+                protocol.set_path_mtu(path_mtu_payload(self._sock.family, self.peer))
             while True:
                 timer = protocol.get_timer()
                 now = time.monotonic()
@@ -334,24 +339,21 @@ class Connection:
             self._finished.set()
 
     def _read_socket(self, now: float) -> None:
-        sock = self._sock
         protocol = self.protocol
-        for _ in range(_READ_BATCH):
-            try:
-                data = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionRefusedError:
-                # ICMP port unreachable: nobody listens there. Before the
-                # handshake that is a failed dial; afterwards loss handling
-                # and the idle timeout decide.
-                if not protocol.handshake_complete:
-                    protocol.close(0x1, "peer unreachable (ICMP port unreachable)")
-                    self._terminate(ConnectionClosedError(
-                        f"nobody listens at {self.peer} (ICMP port unreachable)",
-                        initiated_locally=True))
-                return
-            protocol.receive_datagram(data, self.peer, now)
+        try:
+            datagrams = self._udp.recv(_READ_BATCH)
+        except ConnectionRefusedError:
+            # ICMP port unreachable: nobody listens there. Before the
+            # handshake that is a failed dial; afterwards loss handling and
+            # the idle timeout decide.
+            if not protocol.handshake_complete:
+                protocol.close(0x1, "peer unreachable (ICMP port unreachable)")
+                self._terminate(ConnectionClosedError(
+                    f"nobody listens at {self.peer} (ICMP port unreachable)",
+                    initiated_locally=True))
+            return
+        for data, addr in datagrams:
+            protocol.receive_datagram(data, addr, now)
 
     def _drain_inbound(self, now: float) -> None:
         inbound = self._inbound
@@ -392,45 +394,34 @@ class Connection:
         # wait, no new ones are made (aioquic counts them in flight already:
         # dropping them would look like loss and stall on the PTO timer).
         backlog = self._backlog
+        udp = self._udp
         if not backlog:
             backlog.extend(self.protocol.datagrams_to_send(now))
-        sock = self._sock
-        owns = self._owns_socket
         while backlog:
-            data, addr = backlog[0]
-            try:
-                if owns:
-                    sock.send(data)
-                else:
-                    sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                                     errno.EMSGSIZE):
-                    raise
-            backlog.popleft()
-            if not backlog:
-                backlog.extend(self.protocol.datagrams_to_send(now))
-        self._want_write(bool(backlog))
+            udp.send(backlog)
+            if udp.too_big:
+                udp.too_big = False
+                self.protocol.path_mtu_exceeded()
+                self.protocol.set_path_mtu(path_mtu_payload(self._sock.family, self.peer))
+            if backlog:
+                break  # the socket is full: wait until it is writable
+            backlog.extend(self.protocol.datagrams_to_send(now))
+        want = bool(backlog)
+        if want != self._want_writable:
+            self._want_writable = want
+            self._update_selector(want)
 
-    def _want_write(self, want: bool) -> None:
+    def _update_selector(self, want_write: bool) -> None:
         selector = self._selector
         if selector is None:
             return
-        try:
-            key = selector.get_key(self._sock)
-        except KeyError:
-            if want:
-                selector.register(self._sock, selectors.EVENT_WRITE)
-            return
-        events = selectors.EVENT_READ if self._owns_socket else 0
-        if want:
-            events |= selectors.EVENT_WRITE
-        if events == 0:
-            selector.unregister(self._sock)
-        elif key.events != events:
+        if self._owns_socket:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
             selector.modify(self._sock, events)
+        elif want_write:
+            selector.register(self._sock, selectors.EVENT_WRITE)
+        else:
+            selector.unregister(self._sock)
 
     def _dispatch(self, events: list[CarrierEvent]) -> None:
         for event in events:

@@ -37,6 +37,7 @@ from ..events import (
 from ..protocol import CarrierConnection, CarrierProtocol
 from ..tls import TLSConfig, quic_configuration
 from .connection import Connection, EventHandler, tune_socket
+from .udp import UdpIO, set_dont_fragment
 from .utils import Wakeup
 
 
@@ -84,6 +85,8 @@ class Listener:
             self._sock.bind(addr)
             self._sock.setblocking(False)
             tune_socket(self._sock)
+            set_dont_fragment(self._sock)
+            self._udp = UdpIO(self._sock, connected=False)
         except BaseException:
             self._sock.close()
             raise
@@ -162,14 +165,15 @@ class Listener:
             self._wakeup.close()
 
     def _read(self) -> None:
-        for _ in range(_READ_BATCH):
+        for _ in range(_READ_BATCH // 16):
             try:
-                data, addr = self._sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
+                datagrams = self._udp.recv(16)
             except OSError:
                 continue  # e.g. an ICMP error for an earlier sendto
-            self._route(data, addr)
+            if not datagrams:
+                return
+            for data, addr in datagrams:
+                self._route(data, addr)
 
     def _route(self, data: bytes, addr: Any) -> None:
         try:
