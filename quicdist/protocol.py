@@ -159,8 +159,10 @@ class CarrierConnection(MutualTLSConnection):
         self.peer_max_udp_payload: int = _DEFAULT_MAX_UDP_PAYLOAD
         #: (ping uid, size) of the path-MTU probe in progress, if any.
         self.mtu_probe: tuple[int, int] | None = None
-        #: outcome of the last probe: (size, acked) — read by the protocol.
-        self.mtu_probe_result: tuple[int, bool] | None = None
+        #: outcome of the last probe: (size, acked), acked None when the probe
+        #: could not be padded to its full size (no answer) — read by the protocol.
+        self.mtu_probe_result: tuple[int, bool | None] | None = None
+        self._mtu_probe_full = False
 
     @property
     def datagram_size(self) -> int:
@@ -195,11 +197,18 @@ class CarrierConnection(MutualTLSConnection):
         probe = self.mtu_probe
         if probe is not None and probe[0] in uids:
             # Fill the packet: the probe is a PING padded to the probe size.
-            room = min(builder.remaining_buffer_space, builder.remaining_flight_space)
-            if room > 1:
+            # If congestion control leaves less room, the probe proves nothing.
+            room = builder.remaining_buffer_space
+            # The datagram ends at the builder's capacity once padded; the
+            # anti-amplification limit or the congestion window can make
+            # that less than the probe size.
+            self._mtu_probe_full = (room <= builder.remaining_flight_space
+                                    and builder._buffer_capacity >= probe[1])
+            if room > 1 and self._mtu_probe_full:
                 try:
                     buf = builder.start_frame(QuicFrameType.PADDING, capacity=room)
                 except QuicPacketBuilderStop:
+                    self._mtu_probe_full = False
                     return
                 buf.push_bytes(bytes(room - 1))
 
@@ -208,7 +217,8 @@ class CarrierConnection(MutualTLSConnection):
         if probe is not None and probe[0] in uids:
             # A lost probe is an answer, not something to resend.
             self.mtu_probe = None
-            self.mtu_probe_result = (probe[1], delivery == QuicDeliveryState.ACKED)
+            acked = delivery == QuicDeliveryState.ACKED
+            self.mtu_probe_result = (probe[1], acked if self._mtu_probe_full else None)
             uids = [uid for uid in uids if uid != probe[0]]
             if not uids:
                 return
@@ -292,8 +302,8 @@ class CarrierProtocol:
         # Path-MTU discovery (RFC 8899 style, over PING+PADDING probes).
         self._path_mtu: int | None = None  # what the kernel's route allows
         self._mtu_failed: int | None = None  # smallest size known not to pass
-        self._mtu_probes_left = 4 if config.pmtu_discovery else 0
-        self._probe_sent = False
+        self._mtu_probes_left = 6 if config.pmtu_discovery else 0
+        self._mtu_next: int | None = None  # size of the probe waiting for room
 
     # ------------------------------------------------------------------ state
 
@@ -379,17 +389,15 @@ class CarrierProtocol:
         quic = self.quic
         while True:
             self._feed()
-            probe = quic.mtu_probe
-            if probe is not None and not self._probe_sent:
+            if self._mtu_next is not None and self._start_probe():
                 # Build this batch at the probe size: the padded PING fills a
                 # datagram of exactly that size.
                 size = quic._max_datagram_size
-                quic._max_datagram_size = probe[1]
+                quic._max_datagram_size = quic.mtu_probe[1]  # type: ignore[index]
                 try:
                     batch = quic.datagrams_to_send(now=now)
                 finally:
                     quic._max_datagram_size = size
-                self._probe_sent = probe[0] not in quic._ping_pending
             else:
                 batch = quic.datagrams_to_send(now=now)
             out.extend(batch)
@@ -509,23 +517,35 @@ class CarrierProtocol:
     def _maybe_probe(self) -> None:
         quic = self.quic
         if (not self._handshake_done or self._closed is not None or quic.mtu_probe is not None
-                or self._mtu_probes_left <= 0):
+                or self._mtu_next is not None or self._mtu_probes_left <= 0):
             return
         current = quic.datagram_size
         ceiling = self._mtu_ceiling()
         if ceiling - current < 256:
             self._mtu_probes_left = 0  # close enough: the search is over
             return
-        target = ceiling if self._mtu_failed is None else (current + ceiling) // 2
+        self._mtu_next = ceiling if self._mtu_failed is None else (current + ceiling) // 2
+
+    def _start_probe(self) -> bool:
+        """Send the waiting probe if congestion control has room for all of it."""
+        quic = self.quic
+        assert self._mtu_next is not None
+        room = quic._loss.congestion_window - quic._loss.bytes_in_flight
+        size = min(self._mtu_next, room)
+        if size - quic.datagram_size < 256 or not self._handshake_done:
+            return False  # wait for the window to grow (bulk traffic grows it)
+        self._mtu_next = None
         self._mtu_probes_left -= 1
         self._ping_uid += 1
-        quic.mtu_probe = (self._ping_uid, target)
-        self._probe_sent = False
+        quic.mtu_probe = (self._ping_uid, size)
         quic.send_ping(self._ping_uid)
+        return True
 
-    def _mtu_probe_done(self, size: int, acked: bool) -> None:
-        if acked:
-            if size > self.quic.datagram_size:
+    def _mtu_probe_done(self, size: int, acked: bool | None) -> None:
+        if acked is None:
+            self._mtu_probes_left += 1  # inconclusive: it does not count
+        elif acked:
+            if self.quic.datagram_size < size <= self._mtu_ceiling():
                 logger.debug("path carries %d-byte datagrams", size)
                 self.quic.set_datagram_size(size)
         elif self._mtu_failed is None or size < self._mtu_failed:
@@ -542,6 +562,7 @@ class CarrierProtocol:
             self._mtu_failed = current if self._mtu_failed is None else min(
                 self._mtu_failed, current)
         self.quic.mtu_probe = None
+        self._mtu_next = None
 
     def ping(self) -> None:
         """Send a QUIC PING now (liveness probe)."""
