@@ -1,9 +1,12 @@
-"""``python -m bench SUITE [--quick] [--impl ...]``, SUITE being ``etf`` or ``framing``.
+"""``python -m bench SUITE [--quick] [--impl ...]``: ``etf``, ``framing`` or ``carrier``.
 
 ``etf``: the term codec, quicdist's two paths against other Python ETF
 codecs (``--impl cython|python|all|ID,ID...``). ``framing``: distribution
 framing and the send scheduler, quicdist's two paths side by side
-(``--impl cython|python|all``).
+(``--impl cython|python|all``). ``carrier``: the QUIC carrier over loopback
+(bulk throughput, round-trip latency, small-frame rate), quicdist against a
+plain aioquic asyncio baseline, each server in its own process
+(``--impl quicdist|aioquic|all``).
 
 Prints one JSON document to stdout (progress goes to stderr when it is a
 terminal). Exit status 1 only when a quicdist path gives a wrong answer;
@@ -17,7 +20,7 @@ import functools
 import json
 import sys
 
-from . import etf, framing
+from . import carrier, etf, framing
 
 
 def _impls(text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,8 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--target", type=float, default=None,
                        help="override the seconds per repeat used to choose `number`")
         p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
+    p = sub.add_parser("carrier", help="QUIC carrier over loopback: quicdist vs aioquic",
+                       description=carrier.__doc__.splitlines()[0] if carrier.__doc__ else None)
+    carrier.add_arguments(p)
+    p.add_argument("--impl", type=functools.partial(_impls, valid=carrier.IMPL_IDS),
+                   default=carrier.IMPL_IDS, metavar="IMPL",
+                   help="all (default) or a comma-separated list of "
+                   + ", ".join(carrier.IMPL_IDS))
+    p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
     args = parser.parse_args(argv)
 
+    if args.suite == "carrier":
+        doc = carrier.run(args.impl, quick=args.quick, settings=carrier.settings_from_args(args),
+                          progress=sys.stderr.isatty())
+        return _emit(doc, args.indent)
     module = SUITES[args.suite][0]
     base = etf.QUICK if args.quick else etf.DEFAULT
     settings = etf.Settings(repeats=args.repeats or base.repeats,
@@ -65,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be >= 1 and --target > 0")
     doc = module.run(args.impl, quick=args.quick, settings=settings,
                      progress=sys.stderr.isatty())
-    json.dump(doc, sys.stdout, indent=args.indent, ensure_ascii=False)
+    return _emit(doc, args.indent)
+
+
+def _emit(doc: dict, indent: int) -> int:
+    json.dump(doc, sys.stdout, indent=indent, ensure_ascii=False)
     sys.stdout.write("\n")
     if doc["errors"]:
         for err in doc["errors"]:
