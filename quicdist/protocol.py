@@ -371,11 +371,44 @@ class CarrierProtocol:
     # ---------------------------------------------------------------- outputs
 
     def next_events(self) -> list[CarrierEvent]:
-        """The events that happened since the last call, in order."""
+        """The events that happened since the last call, in order.
+
+        Consecutive data events of one stream are merged (one event per
+        stream per batch of datagrams, not one per packet).
+        """
         self._drain_quic_events()
-        events = list(self._events)
+        events: list[CarrierEvent] = []
+        pieces: list[bytes] = []  # data of the UserStreamData run at the end of events
+        for event in self._events:
+            last = events[-1] if events else None
+            if (isinstance(event, UserStreamData) and isinstance(last, UserStreamData)
+                    and last.stream_id == event.stream_id and not last.fin):
+                pieces.append(event.data)
+                events[-1] = UserStreamData(event.stream_id, b"", event.fin)
+                continue
+            if pieces:
+                self._join_run(events, pieces)
+            if (isinstance(event, DistFrames) and isinstance(last, DistFrames)
+                    and last.stream_id == event.stream_id):
+                last.frames.extend(event.frames)
+                events[-1] = DistFrames(event.stream_id, last.frames, last.ticks + event.ticks)
+                continue
+            events.append(event)
+            if isinstance(event, UserStreamData):
+                pieces.append(event.data)
+        if pieces:
+            self._join_run(events, pieces)
         self._events.clear()
         return events
+
+    @staticmethod
+    def _join_run(events: list[CarrierEvent], pieces: list[bytes]) -> None:
+        """Give the UserStreamData ending ``events`` all the data of its run."""
+        last = events[-1]
+        assert isinstance(last, UserStreamData)
+        if len(pieces) > 1:
+            events[-1] = UserStreamData(last.stream_id, b"".join(pieces), last.fin)
+        pieces.clear()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         """Pull scheduled bytes into aioquic and return the datagrams to send.

@@ -72,7 +72,9 @@ class _Bounded:
         self._size -= n
         if empty:
             self._signalled = False
-        if self._waiting and n:
+        # Wake blocked writers at the low-water mark (half the limit), not on
+        # every quantum taken: each wake-up costs the I/O thread the GIL.
+        if self._waiting and n and self._size <= self._limit // 2:
             self._cond.notify_all()
 
 
