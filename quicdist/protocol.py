@@ -288,7 +288,10 @@ class CarrierProtocol:
         self._credits: dict[int, _Credit] = {}
         self._consumed_total = 0
         self._control: deque[bytes] = deque()
-        self._control_handed = False
+        # Stream-0 offset where the last control message handed to aioquic
+        # ends: the next one is handed only once that one has been sent, so
+        # two never share a STREAM frame (PROTOCOL.md §3).
+        self._control_end = 0
         self._events: deque[CarrierEvent] = deque()
         self._handshake_done = False
         self._tls_done: str | None = None  # ALPN, once TLS completed locally
@@ -358,7 +361,8 @@ class CarrierProtocol:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must be called next (None: no timer)."""
-        handshake = None if self._handshake_done else self._handshake_deadline
+        handshake = (None if self._handshake_done or self._closed is not None
+                     else self._handshake_deadline)
         timers = [t for t in (self.quic.get_timer(), self._keepalive_at(), handshake)
                   if t is not None]
         return min(timers) if timers else None
@@ -434,9 +438,7 @@ class CarrierProtocol:
             else:
                 batch = quic.datagrams_to_send(now=now)
             out.extend(batch)
-            handed = self._control_handed
-            self._control_handed = False
-            if not (handed and self._control and batch):
+            if not (batch and self._control and self._control_sent()):
                 break
         if out:
             self._last_activity = now
@@ -624,9 +626,9 @@ class CarrierProtocol:
         if not self._handshake_done or self._closed is not None:
             return
         quic = self.quic
-        if self._control and not self._control_handed:
+        if self._control and self._control_sent():
             quic.send_stream_data(CONTROL_STREAM, self._control.popleft())
-            self._control_handed = True
+            self._control_end = quic._streams[CONTROL_STREAM].sender._buffer_stop
         budget = quic._loss.congestion_window - self._unsent_in_aioquic()
         quantum = self.config.quantum
         scheduler = self._scheduler
@@ -651,6 +653,11 @@ class CarrierProtocol:
                 self._finished_sending.add(stream_id)
             elif not data:
                 scheduler.block(stream_id)
+
+    def _control_sent(self) -> bool:
+        """Whether the last control message handed to aioquic has left in a packet."""
+        stream = self.quic._streams.get(CONTROL_STREAM)
+        return stream is None or stream.sender.highest_offset >= self._control_end
 
     def _unsent_in_aioquic(self) -> int:
         unsent = 0

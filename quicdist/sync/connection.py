@@ -142,13 +142,16 @@ class Connection:
             assert self._close_error is not None
             raise self._close_error
 
-    def send_control(self, data: bytes) -> None:
+    def send_control(self, data: bytes, timeout: float | None = 10.0) -> None:
         """Send one control-stream message (a handshake message or a tick).
 
-        Each call leaves in its own STREAM frame (PROTOCOL.md §3).
+        Each call leaves in its own STREAM frame (PROTOCOL.md §3). Waits for
+        the I/O thread to accept it, so a refusal (LocalProtocolError: the
+        accepting side may not write before the dialer opened stream 0;
+        ConnectionClosed) reaches the caller.
         """
         payload = bytes(data)
-        self._post(lambda: self.protocol.send_control(payload))
+        self._call(lambda: self.protocol.send_control(payload), timeout)
 
     def send_dist(self, payload: bytes, timeout: float | None = None) -> None:
         """Queue one distribution message; blocks while the send buffer is full."""
