@@ -188,4 +188,11 @@ class StreamClosed(StreamError):
 
 
 class QuicDistTimeoutError(QuicDistError, TimeoutError):
-    """A blocking call did not complete within its timeout."""
+    """A blocking call did not complete within its timeout.
+
+    Attributes:
+        bytes_written: for a write that timed out part-way, how many bytes
+            were queued before it gave up (0 otherwise).
+    """
+
+    bytes_written: int = 0

@@ -91,6 +91,10 @@ STREAM_REFUSED = 0x100
 #: frame may carry 16384 bytes or more; datagrams are kept at this size or
 #: below (every frame then fits).
 AIOQUIC_MAX_DATAGRAM = 16384
+#: Consecutive probe timeouts that make large datagrams suspect (a black hole).
+_BLACK_HOLE_PTOS = 3
+#: Seconds after a fallback before the path is searched again.
+_MTU_REPROBE_AFTER = 30.0
 #: QUIC's default for a peer that announces no max_udp_payload_size.
 _DEFAULT_MAX_UDP_PAYLOAD = 65527
 
@@ -289,8 +293,9 @@ class CarrierProtocol:
         self._consumed_total = 0
         self._control: deque[bytes] = deque()
         # Stream-0 offset where the last control message handed to aioquic
-        # ends: the next one is handed only once that one has been sent, so
-        # two never share a STREAM frame (PROTOCOL.md §3).
+        # ends: the next one is handed only once the peer acknowledged that
+        # one, so two never reach the peer's handshake code in one read, even
+        # when the first is lost and resent (PROTOCOL.md §3).
         self._control_end = 0
         self._events: deque[CarrierEvent] = deque()
         self._handshake_done = False
@@ -307,6 +312,9 @@ class CarrierProtocol:
         self._mtu_failed: int | None = None  # smallest size known not to pass
         self._mtu_probes_left = 6 if config.pmtu_discovery else 0
         self._mtu_next: int | None = None  # size of the probe waiting for room
+        self._mtu_reprobe_at: float | None = None  # when to search again after a fallback
+        self._now = 0.0  # the latest time the protocol was given
+        self._ignored_streams: set[int] = set()
 
     # ------------------------------------------------------------------ state
 
@@ -337,6 +345,7 @@ class CarrierProtocol:
         """Feed one UDP datagram from the peer."""
         if self._handshake_deadline is None:
             self._handshake_deadline = now + self.config.handshake_timeout
+        self._now = now
         self.quic.receive_datagram(data, addr, now=now)
         self._last_activity = now
         self._drain_quic_events()
@@ -350,8 +359,16 @@ class CarrierProtocol:
                 and self._handshake_deadline is not None and now >= self._handshake_deadline):
             self.quic.close(error_code=PROTOCOL_ERROR, reason_phrase="QUIC handshake timed out")
         if (self.quic.datagram_size > self.config.max_datagram_size
-                and self.quic._loss._pto_count >= 2):
-            self._mtu_black_hole("two probe timeouts in a row")
+                and self.quic._loss._pto_count >= _BLACK_HOLE_PTOS):
+            self._mtu_black_hole(f"{_BLACK_HOLE_PTOS} probe timeouts in a row")
+        if self._mtu_reprobe_at is not None and now >= self._mtu_reprobe_at:
+            # The path may have grown back (or the loss was not the path's
+            # fault): search again, from scratch (RFC 8899's raise timer).
+            self._mtu_reprobe_at = None
+            self._mtu_failed = None
+            self._mtu_probes_left = 6
+            self._maybe_probe()
+        self._now = now
         keepalive = self._keepalive_at()
         if keepalive is not None and now >= keepalive and self._handshake_done:
             self._ping_uid += 1
@@ -363,7 +380,8 @@ class CarrierProtocol:
         """When :meth:`handle_timer` must be called next (None: no timer)."""
         handshake = (None if self._handshake_done or self._closed is not None
                      else self._handshake_deadline)
-        timers = [t for t in (self.quic.get_timer(), self._keepalive_at(), handshake)
+        reprobe = self._mtu_reprobe_at if self._closed is None else None
+        timers = [t for t in (self.quic.get_timer(), self._keepalive_at(), handshake, reprobe)
                   if t is not None]
         return min(timers) if timers else None
 
@@ -438,7 +456,7 @@ class CarrierProtocol:
             else:
                 batch = quic.datagrams_to_send(now=now)
             out.extend(batch)
-            if not (batch and self._control and self._control_sent()):
+            if not (batch and self._control and self._control_delivered()):
                 break
         if out:
             self._last_activity = now
@@ -596,6 +614,8 @@ class CarrierProtocol:
             self.quic.set_datagram_size(base)
             self._mtu_failed = current if self._mtu_failed is None else min(
                 self._mtu_failed, current)
+            if self.config.pmtu_discovery:
+                self._mtu_reprobe_at = self._now + _MTU_REPROBE_AFTER
         self.quic.mtu_probe = None
         self._mtu_next = None
 
@@ -626,7 +646,7 @@ class CarrierProtocol:
         if not self._handshake_done or self._closed is not None:
             return
         quic = self.quic
-        if self._control and self._control_sent():
+        if self._control and self._control_delivered():
             quic.send_stream_data(CONTROL_STREAM, self._control.popleft())
             self._control_end = quic._streams[CONTROL_STREAM].sender._buffer_stop
         budget = quic._loss.congestion_window - self._unsent_in_aioquic()
@@ -654,10 +674,15 @@ class CarrierProtocol:
             elif not data:
                 scheduler.block(stream_id)
 
-    def _control_sent(self) -> bool:
-        """Whether the last control message handed to aioquic has left in a packet."""
+    def _control_delivered(self) -> bool:
+        """Whether the peer acknowledged the last control message handed to aioquic.
+
+        aioquic drops acknowledged bytes from the front of its send buffer,
+        so the buffer's start passing the message's end means all of it
+        arrived.
+        """
         stream = self.quic._streams.get(CONTROL_STREAM)
-        return stream is None or stream.sender.highest_offset >= self._control_end
+        return stream is None or stream.sender._buffer_start >= self._control_end
 
     def _unsent_in_aioquic(self) -> int:
         unsent = 0
@@ -764,7 +789,14 @@ class CarrierProtocol:
                 self._events.append(ControlData(data))
             return
         if kind is StreamKind.INVALID:
-            logger.warning("ignoring %d bytes on unidirectional stream %d", len(data), stream_id)
+            if stream_id not in self._ignored_streams:
+                # Said once per stream, and the peer is asked to stop: a
+                # peer cannot flood the log (or our credit) this way.
+                self._ignored_streams.add(stream_id)
+                logger.warning("ignoring unidirectional stream %d (not part of quic_dist)",
+                               stream_id)
+                if not fin:
+                    self.quic.stop_stream(stream_id, PROTOCOL_ERROR)
             return
         decoder = self._decoders.get(stream_id)
         if decoder is None:
@@ -786,7 +818,10 @@ class CarrierProtocol:
         self._grant_connection()
 
     def _on_stream_reset(self, stream_id: int, code: int) -> None:
-        if classify(stream_id) is StreamKind.USER:
+        kind = classify(stream_id)
+        if kind is StreamKind.INVALID:
+            return  # a stream outside the layout that we ignore anyway
+        if kind is StreamKind.USER:
             self._forget_outbox(stream_id)
             self._release(stream_id)
             self._events.append(UserStreamReset(stream_id, code))
@@ -795,7 +830,16 @@ class CarrierProtocol:
                 f"the peer reset distribution stream {stream_id} (code {code})"))
 
     def _on_stop_sending(self, stream_id: int, code: int) -> None:
-        if classify(stream_id) is not StreamKind.USER:
+        kind = classify(stream_id)
+        if kind is StreamKind.INVALID:
+            # A stream outside the layout (we never open one, but a test or
+            # a misbehaving layer above might): just abort it.
+            stream = self.quic._streams.get(stream_id)
+            if stream is not None and not stream.sender.is_finished and not (
+                    stream.sender.reset_pending):
+                self.quic.reset_stream(stream_id, code)
+            return
+        if kind is not StreamKind.USER:
             self._fail(RemoteProtocolError(
                 f"the peer stopped distribution stream {stream_id} (code {code})"))
             return

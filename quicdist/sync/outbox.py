@@ -97,22 +97,29 @@ class StreamOutbox(_Bounded):
 
         A large write is queued piece by piece as room frees up, so the
         outbox never holds much more than its limit. Raises
-        QuicDistTimeoutError if the timeout expires first (the bytes queued
-        so far stay queued), StreamClosed after the end was written, or the
-        connection's or stream's error once it failed.
+        QuicDistTimeoutError if the timeout expires first: the bytes queued
+        so far stay queued, and the error's ``bytes_written`` says how many
+        (resume with ``data[exc.bytes_written:]``); StreamClosed after the
+        end was written; or the connection's or stream's error once it failed.
         """
         view = memoryview(bytes(data) if not isinstance(data, bytes) else data)
         deadline = Deadline(timeout)
+        written = 0
         with self._cond:
             if self._fin:
                 raise StreamClosed("write after the end of the stream")
             while True:
-                self._wait_for_room(deadline)
+                try:
+                    self._wait_for_room(deadline)
+                except QuicDistTimeoutError as exc:
+                    exc.bytes_written = written
+                    raise
                 room = max(self._limit - self._size, 0)
                 piece, view = view[:room], view[room:]
                 if piece:
                     self._chunks.append(piece)
                     self._size += len(piece)
+                    written += len(piece)
                 last = not view
                 if last and fin:
                     self._fin = True
