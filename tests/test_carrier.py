@@ -322,3 +322,36 @@ def test_a_reader_that_stops_makes_the_writer_block(certs, no_leaks):
             server.consume(sid, received)
             event = events_until(server, lambda e: isinstance(e, UserStreamData))[-1]
             assert event.stream_id == sid
+
+
+def test_event_handlers_may_answer_on_the_io_thread(certs, no_leaks):
+    """A handler runs on the I/O thread and may call back into its connection
+    (send_dist, send_control, open_stream) without deadlocking."""
+    opened = []
+
+    def on_event(conn, event):
+        assert threading.current_thread() is conn.thread
+        if isinstance(event, DistFrames):
+            for frame in event.frames:
+                conn.send_dist(b"echo:" + frame)
+        elif isinstance(event, ControlData):
+            conn.send_control(b"ack:" + event.data)
+            sid, outbox = conn.open_stream(timeout=TIMEOUT)
+            outbox.write(b"opened by a handler", fin=True)
+            opened.append(sid)
+
+    with Listener("127.0.0.1", 0, tls=certs.a, on_event=on_event) as listener:
+        with connect("127.0.0.1", listener.port, tls=certs.b, timeout=TIMEOUT) as client:
+            assert isinstance(client.next_event(TIMEOUT), HandshakeCompleted)
+            for i in range(100):
+                client.send_dist(b"%d" % i)
+            echoed = []
+            while len(echoed) < 100:
+                event = client.next_event(TIMEOUT)
+                assert isinstance(event, DistFrames)
+                echoed += event.frames
+            assert echoed == [b"echo:%d" % i for i in range(100)]
+            client.send_control(b"hi")
+            got = events_until(client, lambda e: isinstance(e, UserStreamData) and e.fin)
+            assert ControlData(b"ack:hi") in got
+            assert got[-1] == UserStreamData(opened[0], b"opened by a handler", True)

@@ -268,9 +268,14 @@ class Connection:
                 raise self._close_error or ConnectionClosedError(
                     "connection is closing", initiated_locally=True)
             self._commands.put(command)
-        self._wakeup.wake()
+        if threading.current_thread() is not self._thread:
+            self._wakeup.wake()
 
     def _call(self, fn: Callable[[], Any], timeout: float | None) -> Any:
+        if threading.current_thread() is self._thread:
+            # An event handler on the I/O thread: it owns the protocol, run now.
+            self._check_open()
+            return fn()
         future: Future[Any] = Future()
 
         def run() -> None:
@@ -289,7 +294,8 @@ class Connection:
 
     def _mark_ready(self, stream_id: int) -> None:
         self._ready.put(stream_id)
-        self._wakeup.wake()
+        if threading.current_thread() is not self._thread:
+            self._wakeup.wake()
 
     def deliver(self, data: bytes, addr: Any) -> None:
         """A datagram routed here by the listener (listener thread)."""
@@ -323,6 +329,8 @@ class Connection:
                 timer = protocol.get_timer()
                 now = time.monotonic()
                 wait = None if timer is None else max(timer - now, 0.0)
+                if not (self._ready.empty() and self._commands.empty()):
+                    wait = 0.0  # work queued from this thread (no wake-up byte)
                 for key, _ in selector.select(wait):
                     if key.fileobj is self._wakeup:
                         self._wakeup.drain()
@@ -330,11 +338,14 @@ class Connection:
                 if self._owns_socket:
                     self._read_socket(now)
                 self._drain_inbound(now)
-                self._run_commands()
-                self._drain_ready()
                 timer = protocol.get_timer()
                 if timer is not None and now >= timer:
                     protocol.handle_timer(now)
+                # Events first: what handlers send in answer (on this thread)
+                # leaves in this very iteration.
+                self._dispatch(protocol.next_events())
+                self._run_commands()
+                self._drain_ready()
                 self._transmit(now)
                 self._dispatch(protocol.next_events())
                 if protocol.closed is not None:
