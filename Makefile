@@ -2,7 +2,7 @@
 #   make demo   run the demo
 #   make test   run the whole test suite, on the Cython fast path and then on
 #               the pure-Python twin (plus ruff)
-#   make bench  print the benchmarks as JSON
+#   make bench  print the benchmarks as JSON (term codec, framing, carrier)
 #   make fuzz   long fuzz run of the fast decoder (>= 1 million inputs)
 
 PYTHON ?= python3
@@ -56,6 +56,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) -m bench etf
+	$(PY) -m bench framing
+	$(PY) -m bench carrier
 
 fuzz: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[fuzz]'
