@@ -4,6 +4,8 @@
 #               the pure-Python twin (plus ruff)
 #   make bench  print the benchmarks as JSON (term codec, framing, carrier)
 #   make fuzz   long fuzz run of the fast decoder (>= 1 million inputs)
+#   make soak   the carrier's loss, process and socket tests many times over, and
+#               the differential / state-machine tests with many more examples
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -62,6 +64,16 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[fuzz]'
 	QUICDIST_REQUIRE_EXTENSIONS=1 $(PY) tests/fuzz_decode.py -atheris_runs=$${FUZZ_RUNS:-1000000}
+
+SOAK_ROUNDS ?= 20
+soak: $(STAMP)
+	QUICDIST_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -o faulthandler_timeout=0 --timeout=0 \
+	  tests/test_fastpath_equivalence.py tests/test_framing.py tests/test_scheduler.py
+	for i in $$(seq $(SOAK_ROUNDS)); do \
+	  echo "soak round $$i/$(SOAK_ROUNDS)"; \
+	  $(PY) -m pytest -q -x -p no:randomly tests/test_carrier.py tests/test_carrier_loss.py \
+	    tests/test_carrier_process.py tests/test_carrier_control.py tests/test_wakeup.py || exit 1; \
+	done
 
 clean:
 	rm -rf build *.egg-info quicdist/_fastpath.c quicdist/*.so .pytest_cache .hypothesis
