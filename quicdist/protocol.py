@@ -91,6 +91,8 @@ STREAM_REFUSED = 0x100
 #: frame may carry 16384 bytes or more; datagrams are kept at this size or
 #: below (every frame then fits).
 AIOQUIC_MAX_DATAGRAM = 16384
+#: Event drains between two sweeps of the bookkeeping of finished streams.
+_SWEEP_EVERY = 256
 #: Consecutive probe timeouts that make large datagrams suspect (a black hole).
 _BLACK_HOLE_PTOS = 3
 #: Seconds after a fallback before the path is searched again.
@@ -301,7 +303,7 @@ class CarrierProtocol:
         self._handshake_done = False
         self._tls_done: str | None = None  # ALPN, once TLS completed locally
         self._user_streams: set[int] = set()
-        self._finished_sending: set[int] = set()
+        self._sweep_countdown = _SWEEP_EVERY
         self._in_aioquic: set[int] = set()
         self._closed: ConnectionClosed | None = None
         self._last_activity: float | None = None
@@ -670,7 +672,6 @@ class CarrierProtocol:
                 self._in_aioquic.add(stream_id)
             if fin:
                 self._forget_outbox(stream_id)
-                self._finished_sending.add(stream_id)
             elif not data:
                 scheduler.block(stream_id)
 
@@ -732,6 +733,10 @@ class CarrierProtocol:
 
     def _drain_quic_events(self) -> None:
         quic = self.quic
+        self._sweep_countdown -= 1
+        if self._sweep_countdown <= 0:
+            self._sweep_countdown = _SWEEP_EVERY
+            self._sweep()
         while True:
             event = quic.next_event()
             if event is None:
@@ -771,6 +776,14 @@ class CarrierProtocol:
             error = connection_closed_error(quic)
             if error is not None:
                 self._set_closed(error)
+
+    def _sweep(self) -> None:
+        """Forget streams aioquic has discarded (both directions finished)."""
+        streams = self.quic._streams
+        for stream_id in [s for s in self._credits if s not in streams]:
+            if self.quic._stream_is_discarded(stream_id):
+                self._user_streams.discard(stream_id)
+                self._release(stream_id)
 
     def _on_stream_data(self, stream_id: int, data: bytes, fin: bool) -> None:
         kind = classify(stream_id)

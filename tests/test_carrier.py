@@ -355,3 +355,23 @@ def test_event_handlers_may_answer_on_the_io_thread(certs, no_leaks):
             got = events_until(client, lambda e: isinstance(e, UserStreamData) and e.fin)
             assert ControlData(b"ack:hi") in got
             assert got[-1] == UserStreamData(opened[0], b"opened by a handler", True)
+
+
+def test_finished_streams_are_forgotten(pair):
+    """Bookkeeping of user streams that finished both ways does not pile up."""
+    _, client, server = pair
+    for _ in range(300):
+        sid, outbox = client.open_stream()
+        outbox.write(b"x", fin=True)
+        event = events_until(server, lambda e: isinstance(e, UserStreamData) and e.fin)[-1]
+        server.stream_outbox(event.stream_id).write(b"", fin=True)
+        events_until(client, lambda e: isinstance(e, UserStreamData) and e.fin)
+    # Enough traffic for the periodic sweeps to run on both sides.
+    for i in range(2000):
+        client.send_dist(b"%d" % i)
+    frames = []
+    while len(frames) < 2000:
+        frames += events_until(server, lambda e: isinstance(e, DistFrames))[-1].frames
+    assert len(client.protocol.user_streams) < 100
+    assert len(server.protocol.user_streams) < 100
+    assert len(server.protocol._credits) < 100
