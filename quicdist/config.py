@@ -39,6 +39,9 @@ class CarrierConfig:
         send_buffer: bytes an outbox holds before a writer blocks.
         quantum: the most bytes one scheduling decision hands to aioquic.
         handshake_timeout: seconds a QUIC+TLS handshake may take.
+        max_pending_handshakes: connections a listener lets handshake at
+            once (each has a thread); Initial packets beyond that are dropped,
+            so a flood of them cannot exhaust threads or memory.
     """
 
     idle_timeout: float = 300.0
@@ -52,6 +55,7 @@ class CarrierConfig:
     send_buffer: int = 1 * MIB
     quantum: int = 16 * KIB
     handshake_timeout: float = 10.0
+    max_pending_handshakes: int = 64
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout", "keepalive_interval", "handshake_timeout"):
@@ -64,7 +68,7 @@ class CarrierConfig:
         if not self.max_datagram_size <= self.pmtu_max <= 16384:
             raise ConfigurationError("pmtu_max must be in max_datagram_size..16384")
         for name in ("max_frame_size", "stream_window", "connection_window", "send_buffer",
-                     "quantum"):
+                     "quantum", "max_pending_handshakes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive int")

@@ -375,3 +375,30 @@ def test_finished_streams_are_forgotten(pair):
     assert len(client.protocol.user_streams) < 100
     assert len(server.protocol.user_streams) < 100
     assert len(server.protocol._credits) < 100
+
+
+def test_a_flood_of_initials_is_capped(certs, no_leaks):
+    """Initial packets that never complete a handshake cannot make the
+    listener start unbounded connections (each has a thread)."""
+    import socket
+
+    from aioquic.quic.connection import QuicConnection
+
+    from quicdist.tls import quic_configuration
+
+    config = CarrierConfig(max_pending_handshakes=8, handshake_timeout=2.0)
+    with Listener("127.0.0.1", 0, tls=certs.a, config=config) as listener:
+        flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _ in range(40):
+                fake = QuicConnection(configuration=quic_configuration(certs.b, is_client=True))
+                fake.connect(("127.0.0.1", listener.port), now=0.0)
+                for data, _addr in fake.datagrams_to_send(now=0.0):
+                    flood.sendto(data, ("127.0.0.1", listener.port))
+            # A real client still gets in once the half-open ones time out.
+            client = connect("127.0.0.1", listener.port, tls=certs.b, timeout=TIMEOUT)
+            client.close()
+        finally:
+            flood.close()
+        assert listener.dropped_initials > 0
+        assert len(threading.enumerate()) < 40

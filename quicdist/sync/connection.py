@@ -131,6 +131,11 @@ class Connection:
         return self._close_error
 
     @property
+    def established(self) -> bool:
+        """Whether the QUIC and TLS handshake completed."""
+        return self._handshake.is_set()
+
+    @property
     def thread(self) -> threading.Thread:
         return self._thread
 

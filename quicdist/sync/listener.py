@@ -99,6 +99,8 @@ class Listener:
         self._routes: dict[bytes, Connection] = {}
         self._connections: set[Connection] = set()
         self._stopping = False
+        #: Initial packets dropped because too many handshakes were in progress.
+        self.dropped_initials = 0
         self._thread = threading.Thread(target=self._run, name=f"quicdist-listen-{self.port}",
                                         daemon=True)
         self._thread.start()
@@ -194,6 +196,10 @@ class Listener:
                 if (self._stopping or header.packet_type != QuicPacketType.INITIAL
                         or len(data) < SMALLEST_MAX_DATAGRAM_SIZE):
                     return
+                pending = sum(1 for c in self._connections if not c.established)
+                if pending >= self.config.max_pending_handshakes:
+                    self.dropped_initials += 1
+                    return  # a flood of Initials: let the real ones retry
                 connection = self._new_connection(header.destination_cid, addr)
         connection.deliver(data, addr)
 
