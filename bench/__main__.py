@@ -1,9 +1,11 @@
-"""``python -m bench SUITE [--quick] [--impl ...]``: ``etf``, ``framing`` or ``carrier``.
+"""``python -m bench SUITE [--quick] [--impl ...]``: ``etf``, ``framing``, ``dist`` or ``carrier``.
 
 ``etf``: the term codec, quicdist's two paths against other Python ETF
 codecs (``--impl cython|python|all|ID,ID...``). ``framing``: distribution
 framing and the send scheduler, quicdist's two paths side by side
-(``--impl cython|python|all``). ``carrier``: the QUIC carrier over loopback
+(``--impl cython|python|all``). ``dist``: encode_message / decode_message of
+distribution messages (SEND, REG_SEND, MONITOR_P) on quicdist's two codec
+paths side by side (``--impl cython|python|all``). ``carrier``: the QUIC carrier over loopback
 (bulk throughput, round-trip latency, small-frame rate), quicdist against a
 plain aioquic asyncio baseline, each server in its own process
 (``--impl quicdist|aioquic|all``).
@@ -20,7 +22,7 @@ import functools
 import json
 import sys
 
-from . import carrier, etf, framing
+from . import carrier, dist, etf, framing
 
 
 def _impls(text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
@@ -38,6 +40,7 @@ def _impls(text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
 SUITES = {
     "etf": (etf, "External Term Format codec: quicdist vs alternatives"),
     "framing": (framing, "distribution framing and send scheduler: compiled vs pure"),
+    "dist": (dist, "distribution messages (encode_message/decode_message): compiled vs pure"),
 }
 
 

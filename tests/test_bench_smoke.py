@@ -108,6 +108,35 @@ def test_bench_framing_rejects_an_alternative_implementation():
     assert "unknown implementation" in proc.stderr and proc.stdout == ""
 
 
+DIST_CASES = {"send_small_tuple", "reg_send_small_tuple", "monitor_p_name"}
+
+
+def test_bench_dist_quick_pure_python_prints_complete_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "dist", "--quick", "--impl", "python"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+
+    assert doc["benchmark"] == "dist"
+    assert doc["errors"] == []
+    for key in ("python", "platform", "cpu_count", "git_head", "quicdist_version",
+                "compiled_module_available"):
+        assert key in doc["environment"]
+    assert list(doc["settings"]["implementations"]) == ["python"]
+    assert set(doc["cases"]) == DIST_CASES
+    for case_id, case in doc["cases"].items():
+        assert _number(case["payload_size"]), case_id
+        assert set(case["results"]) == {"python"}, case_id
+        row = case["results"]["python"]
+        for key in ("encode_us", "decode_us", "encode_codec_floor_us", "decode_codec_floor_us"):
+            assert _number(row[key]), (case_id, key, row)
+        assert "encode_overhead_us" in row and "decode_overhead_us" in row
+        assert "encode_cython_speedup_vs_python" in case
+    assert len(doc["targets"]) == 1
+
+
 def _is_cell(cell, keys):
     """A result cell: the given numbers, or an {"error": ...} from a run that failed."""
     if set(cell) == {"error"}:
