@@ -16,6 +16,8 @@ that catches ``ValueError``, ``TypeError`` or ``TimeoutError`` keeps working::
     │   └── RemoteProtocolError                         ... by the peer
     │       └── FrameError(RemoteProtocolError, ValueError)
     │                                                   a malformed or oversized frame
+    ├── HandshakeError(QuicDistError)                   the distribution handshake failed
+    │   └── AuthenticationError                         the cookies differ (digest mismatch)
     ├── ConnectionClosed(QuicDistError)                 the QUIC connection is gone
     │   ├── ConnectionClosedOK                          closed normally (either side)
     │   └── ConnectionClosedError                       closed by an error, timeout or loss
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 
 __all__ = [
+    "AuthenticationError",
     "CertificateError",
     "ConfigurationError",
     "ConnectionClosed",
@@ -43,6 +46,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "FrameError",
+    "HandshakeError",
     "LocalProtocolError",
     "ProtocolError",
     "QuicDistError",
@@ -118,6 +122,43 @@ class FrameError(RemoteProtocolError, ValueError):
     """A distribution frame was malformed or larger than the configured maximum."""
 
     error_code = 0x2
+
+
+class HandshakeError(QuicDistError):
+    """The distribution handshake (name, status, challenge, reply, ack) failed.
+
+    Reported (``Handshake.error``, and raised by the blocking calls above it)
+    for bytes that are not a valid handshake message, a peer that lacks a
+    mandatory distribution flag, a refused status (``nok``, ``not_allowed``,
+    ...), or a connection lost before the handshake completed.
+
+    Attributes:
+        stage: the handshake message being read or answered when it failed:
+            ``"send_name"``, ``"status"``, ``"status_reply"``, ``"challenge"``,
+            ``"complement"``, ``"challenge_reply"`` or ``"challenge_ack"``
+            (empty if not known).
+        peer: the peer's node name, once known (``None`` before that).
+    """
+
+    def __init__(self, message: str, stage: str = "", peer: str | None = None) -> None:
+        super().__init__(message, stage, peer)
+        self.message = message
+        self.stage = stage
+        self.peer = peer
+
+    def __str__(self) -> str:
+        where = f" [{self.stage}]" if self.stage else ""
+        who = f" (peer {self.peer})" if self.peer else ""
+        return f"{self.message}{where}{who}"
+
+
+class AuthenticationError(HandshakeError):
+    """The peer's digest does not match: the two nodes' cookies differ.
+
+    The listener detects it in the dialer's challenge_reply, the dialer in
+    the listener's challenge_ack (or, against Erlang, which closes without a
+    word, by the connection closing right after its challenge_reply).
+    """
 
 
 class ConnectionClosed(QuicDistError):
