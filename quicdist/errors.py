@@ -23,6 +23,14 @@ that catches ``ValueError``, ``TypeError`` or ``TimeoutError`` keeps working::
     │   └── ConnectionClosedError                       closed by an error, timeout or loss
     │       └── TLSHandshakeError                       the TLS handshake failed
     │           └── CertificateError                    the peer's certificate was refused
+    ├── NodeError(QuicDistError)                        node-level failures
+    │   ├── NodeDown                                    the peer node is (or went) down
+    │   │   └── NotConnected                            ... and could not be connected
+    │   ├── MailboxClosed                               the mailbox exited (.reason)
+    │   └── CallError                                   a call got an exit, not a reply (.reason)
+    │       ├── NoProc(CallError, LookupError)          no such process or registered name
+    │       └── RpcError                                a remote call failed (.reason)
+    ├── DiscoveryError(QuicDistError)                   the node's address could not be found
     ├── StreamError(QuicDistError)                      one stream failed (others go on)
     │   ├── StreamReset                                 the peer reset it (.code)
     │   └── StreamClosed                                used after close() or FIN
@@ -38,20 +46,28 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "CallError",
     "CertificateError",
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "DecodeError",
+    "DiscoveryError",
     "EncodeError",
     "FrameError",
     "HandshakeError",
     "LocalProtocolError",
+    "MailboxClosed",
+    "NoProc",
+    "NodeDown",
+    "NodeError",
+    "NotConnected",
     "ProtocolError",
     "QuicDistError",
     "QuicDistTimeoutError",
     "RemoteProtocolError",
+    "RpcError",
     "StreamClosed",
     "StreamError",
     "StreamReset",
@@ -197,6 +213,88 @@ class TLSHandshakeError(ConnectionClosedError):
 
 class CertificateError(TLSHandshakeError):
     """A certificate was refused: unknown CA, expired, missing, unparsable."""
+
+
+class NodeError(QuicDistError):
+    """A failure at the level of nodes and processes."""
+
+
+class NodeDown(NodeError):
+    """The peer node is down, or went down while the call waited.
+
+    Attributes:
+        node: the peer's node name.
+    """
+
+    def __init__(self, message: str, node: str = "") -> None:
+        super().__init__(message, node)
+        self.message = message
+        self.node = node
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotConnected(NodeDown):
+    """The peer node is not connected and could not be connected."""
+
+
+class MailboxClosed(NodeError):
+    """The mailbox has exited; ``reason`` is its exit reason (an Erlang term)."""
+
+    def __init__(self, message: str, reason: object = None) -> None:
+        super().__init__(message, reason)
+        self.message = message
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CallError(NodeError):
+    """A call (``gen_call``, ``rpc``) ended with an exit instead of a reply.
+
+    Attributes:
+        reason: the Erlang exit reason (a term).
+    """
+
+    def __init__(self, message: str, reason: object = None) -> None:
+        super().__init__(message, reason)
+        self.message = message
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NoProc(CallError, LookupError):
+    """The target process or registered name does not exist (Erlang's ``noproc``)."""
+
+
+class RpcError(CallError):
+    """A remote call failed; ``reason`` is the Erlang reason (from ``{badrpc, Reason}``
+    or the exception the callee raised)."""
+
+
+class DiscoveryError(QuicDistError):
+    """The node's address could not be found.
+
+    Raised by the node discovery (:mod:`quicdist.discovery`): the node is
+    not in the static table, its DNS SRV query failed (NXDOMAIN, no answer,
+    timeout), or its host name does not resolve. The message says why; when
+    several methods were tried in turn it lists why each one failed.
+
+    Attributes:
+        node: the node name looked up ("" if not known).
+    """
+
+    def __init__(self, message: str, node: str = "") -> None:
+        super().__init__(message, node)
+        self.message = message
+        self.node = node
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class StreamError(QuicDistError):
