@@ -5,6 +5,8 @@ from __future__ import annotations
 from . import errors
 from ._accel import USING_EXTENSION
 from .etf import decode, decode_from, encode
+from .mailbox import Mailbox
+from .node import Node
 from .terms import (
     Atom,
     BitBinary,
@@ -27,7 +29,9 @@ __all__ = [
     "ExportFun",
     "ImproperList",
     "LocalFun",
+    "Mailbox",
     "Map",
+    "Node",
     "Pid",
     "Port",
     "Reference",

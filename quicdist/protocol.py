@@ -307,6 +307,8 @@ class CarrierProtocol:
         self._in_aioquic: set[int] = set()
         self._closed: ConnectionClosed | None = None
         self._last_activity: float | None = None
+        #: when the last datagram from the peer arrived (liveness: any packet counts)
+        self.last_received: float | None = None
         self._handshake_deadline: float | None = None
         self._ping_uid = 0
         # Path-MTU discovery (RFC 8899 style, over PING+PADDING probes).
@@ -348,6 +350,7 @@ class CarrierProtocol:
         if self._handshake_deadline is None:
             self._handshake_deadline = now + self.config.handshake_timeout
         self._now = now
+        self.last_received = now
         self.quic.receive_datagram(data, addr, now=now)
         self._last_activity = now
         self._drain_quic_events()

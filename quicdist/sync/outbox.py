@@ -169,11 +169,20 @@ class FrameOutbox(_Bounded):
         self._payloads: deque[bytes] = deque()
         self._partial: memoryview | None = None  # the rest of a frame split by take()
 
-    def put(self, payload: bytes, timeout: float | None = None) -> None:
-        """Queue one distribution message (its frame header is added later)."""
+    def put(self, payload: bytes, timeout: float | None = None, *, force: bool = False) -> None:
+        """Queue one distribution message (its frame header is added later).
+
+        ``force`` queues it even when the buffer is full, never waiting: for
+        the I/O thread's own replies, which must not block it (the caller
+        bounds how far past the limit it lets the buffer grow).
+        """
         deadline = Deadline(timeout)
         with self._cond:
-            self._wait_for_room(deadline)
+            if force:
+                if self._error is not None:
+                    raise self._error
+            else:
+                self._wait_for_room(deadline)
             self._payloads.append(payload)
             self._size += 4 + len(payload)
             notify = self._added()
