@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) -m bench etf
 	$(PY) -m bench framing
 	$(PY) -m bench carrier
+	$(PY) -m bench node
 
 fuzz: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[fuzz]'

@@ -1,4 +1,5 @@
-"""``python -m bench SUITE [--quick] [--impl ...]``: ``etf``, ``framing``, ``dist`` or ``carrier``.
+"""``python -m bench SUITE [--quick] [--impl ...]``: ``etf``, ``framing``, ``dist``, ``carrier``
+or ``node``.
 
 ``etf``: the term codec, quicdist's two paths against other Python ETF
 codecs (``--impl cython|python|all|ID,ID...``). ``framing``: distribution
@@ -8,7 +9,9 @@ distribution messages (SEND, REG_SEND, MONITOR_P) on quicdist's two codec
 paths side by side (``--impl cython|python|all``). ``carrier``: the QUIC carrier over loopback
 (bulk throughput, round-trip latency, small-frame rate), quicdist against a
 plain aioquic asyncio baseline, each server in its own process
-(``--impl quicdist|aioquic|all``).
+(``--impl quicdist|aioquic|all``). ``node``: two distribution nodes over
+loopback, the peer in its own process (message throughput both ways,
+mailbox / ping / rpc round trips, connection setup).
 
 Prints one JSON document to stdout (progress goes to stderr when it is a
 terminal). Exit status 1 only when a quicdist path gives a wrong answer;
@@ -22,7 +25,7 @@ import functools
 import json
 import sys
 
-from . import carrier, dist, etf, framing
+from . import carrier, dist, etf, framing, node
 
 
 def _impls(text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
@@ -69,8 +72,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="all (default) or a comma-separated list of "
                    + ", ".join(carrier.IMPL_IDS))
     p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
+    p = sub.add_parser("node", help="distribution nodes over loopback: messages, calls, connects",
+                       description=node.__doc__.splitlines()[0] if node.__doc__ else None)
+    node.add_arguments(p)
+    p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
     args = parser.parse_args(argv)
 
+    if args.suite == "node":
+        doc = node.run(quick=args.quick, settings=node.settings_from_args(args),
+                       progress=sys.stderr.isatty())
+        return _emit(doc, args.indent)
     if args.suite == "carrier":
         doc = carrier.run(args.impl, quick=args.quick, settings=carrier.settings_from_args(args),
                           progress=sys.stderr.isatty())

@@ -176,3 +176,42 @@ def test_bench_carrier_quick_prints_complete_json():
         assert set(column["ratios_quicdist_over_aioquic"]) >= {
             "bulk_mb_per_s", "frames_per_s", "rtt_p50_us"}
     assert [t["met"] in (True, False, None) for t in doc["targets"]] == [True] * 4
+
+
+def test_bench_node_quick_prints_complete_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "node", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    # Exit 1 means `errors` is not empty: a lost, reordered or damaged
+    # message, a wrong answer, or a run that could not complete.
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["benchmark"] == "node"
+    assert doc["errors"] == []
+    env = doc["environment"]
+    for key in ("python", "cpu_count", "git_head", "compiled_module_available",
+                "quicdist_using_extension"):
+        assert key in env
+    assert isinstance(env["quicdist_using_extension"], bool)
+    assert doc["settings"]["quick"] is True
+    assert isinstance(doc["peer"]["compiled_extension_used"], bool)
+
+    assert set(doc["throughput"]) == {"local_to_peer", "peer_to_local"}
+    for direction, cases in doc["throughput"].items():
+        assert set(cases) == {"small", "binary_1kib"}, direction
+        for case, cell in cases.items():
+            for key in ("messages", "msgs_per_s", "mb_per_s", "payload_mb_per_s",
+                        "term_bytes_per_message"):
+                assert _number(cell[key]), (direction, case, key, cell)
+    assert doc["throughput"]["local_to_peer"]["binary_1kib"]["payload_bytes"] == 1024
+
+    assert set(doc["latency"]) == {"mailbox_roundtrip", "ping", "rpc"}
+    for kind, cell in doc["latency"].items():
+        for key in ("count", "p50_us", "p90_us", "p99_us"):
+            assert _number(cell[key]), (kind, key, cell)
+        assert cell["p50_us"] <= cell["p90_us"] <= cell["p99_us"], (kind, cell)
+
+    setup = doc["connection_setup"]
+    for key in ("count", "median_ms", "min_ms", "first_connect_ms"):
+        assert _number(setup[key]), (key, setup)
