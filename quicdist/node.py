@@ -761,7 +761,7 @@ class Node:
         for c in conns:
             connection = c.connection
             if c.state == "up" and connection is not None:
-                heard = connection.protocol.last_received or c.up_since
+                heard = connection.last_received or c.up_since
                 if now - max(heard, c.up_since) > self.net_ticktime:
                     logger.warning("%s: node %s silent for %.1f s (net_ticktime %.1f s): "
                                    "down", self.name, c.peer_name, now - heard,
@@ -772,12 +772,8 @@ class Node:
                     continue
                 if now - c.last_tick >= tick_every:
                     c.last_tick = now
-                    protocol = connection.protocol
-                    connection._post(lambda p=protocol: p.send_control(TICK),  # type: ignore[misc]
-                                     quiet=True)
-                    connection._post(protocol.ping, quiet=True)
-                limit = connection.dist_outbox._limit
-                if connection.dist_outbox.size > _FORCED_SLACK * limit:
+                    connection.send_tick()
+                if connection.dist_outbox.size > _FORCED_SLACK * connection.dist_outbox.limit:
                     logger.warning("%s: node %s does not read its messages; disconnecting",
                                    self.name, c.peer_name)
                     self._conn_down(c, NodeDown(f"{c.peer_name} stopped reading",

@@ -54,6 +54,7 @@ EventHandler = Callable[["Connection", CarrierEvent], None]
 
 #: Datagrams read from a socket before the loop looks at anything else.
 _READ_BATCH = 64
+_TICK = b"\x00\x00\x00\x00"
 #: How long close() keeps sending the CONNECTION_CLOSE and waiting for the thread.
 _CLOSE_TIMEOUT = 5.0
 
@@ -217,6 +218,20 @@ class Connection:
     def ping(self) -> None:
         """Send a QUIC PING now."""
         self._post(self.protocol.ping)
+
+    def send_tick(self) -> None:
+        """A distribution tick (4 zero bytes on stream 0) and a QUIC PING (PROTOCOL.md §5).
+
+        Never blocks; does nothing once the connection is closing.
+        """
+        protocol = self.protocol
+        self._post(lambda: protocol.send_control(_TICK), quiet=True)
+        self._post(protocol.ping, quiet=True)
+
+    @property
+    def last_received(self) -> float | None:
+        """``time.monotonic()`` of the last datagram from the peer (None: none yet)."""
+        return self.protocol.last_received
 
     def next_event(self, timeout: float | None = None) -> CarrierEvent:
         """The next event (only without an ``on_event`` handler).

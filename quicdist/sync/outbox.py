@@ -39,6 +39,11 @@ class _Bounded:
         """Bytes waiting to be sent."""
         return self._size
 
+    @property
+    def limit(self) -> int:
+        """Bytes the outbox holds before a writer blocks."""
+        return self._limit
+
     def fail(self, error: BaseException) -> None:
         """Refuse all further writes with ``error`` and wake blocked writers."""
         with self._cond:
