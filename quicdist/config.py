@@ -38,6 +38,15 @@ class CarrierConfig:
             consumed (upstream: 16 MiB).
         send_buffer: bytes an outbox holds before a writer blocks.
         quantum: the most bytes one scheduling decision hands to aioquic.
+        yield_inflight: while more urgent traffic (a user stream of a lower
+            priority value, or distribution messages) has sent within
+            ``yield_window`` seconds, less urgent user streams keep at most
+            this many bytes in flight, so the urgent bytes do not queue
+            behind a congestion window of bulk data (0: never yield). On a
+            path whose bandwidth-delay product is larger, raise it (bulk
+            throughput while urgent traffic is active is about
+            ``yield_inflight`` per round trip).
+        yield_window: how long after its last bytes urgent traffic counts as active.
         handshake_timeout: seconds a QUIC+TLS handshake may take.
         max_pending_handshakes: connections a listener lets handshake at
             once (each has a thread); Initial packets beyond that are dropped,
@@ -54,10 +63,16 @@ class CarrierConfig:
     connection_window: int = 16 * MIB
     send_buffer: int = 1 * MIB
     quantum: int = 16 * KIB
+    yield_inflight: int = 128 * KIB
+    yield_window: float = 0.1
     handshake_timeout: float = 10.0
     max_pending_handshakes: int = 64
 
     def __post_init__(self) -> None:
+        if not isinstance(self.yield_inflight, int) or self.yield_inflight < 0:
+            raise ConfigurationError("yield_inflight must be an int >= 0")
+        if not isinstance(self.yield_window, int | float) or self.yield_window < 0:
+            raise ConfigurationError("yield_window must be a number of seconds >= 0")
         for name in ("idle_timeout", "keepalive_interval", "handshake_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:

@@ -17,7 +17,11 @@ aioquic leaves to its user (see STYLE.md §4):
   above (bounded there), and are pulled from them quantum by quantum;
 * receive backpressure: receive credit (MAX_STREAM_DATA / MAX_DATA) follows
   what the application consumed (:meth:`CarrierProtocol.consume`) instead of
-  aioquic's policy of doubling it whatever the reader does;
+  aioquic's policy of doubling it whatever the reader does; a stream's
+  bytes are only handed to aioquic within the credit the peer gave that
+  stream, so a reader that stops stalls its own stream and nothing else
+  (at most half of the connection window is ever held back for unread
+  bytes);
 * keep-alive PINGs and typed close reasons.
 
 Like aioquic, every method that depends on time takes ``now``; nothing here
@@ -169,6 +173,19 @@ class CarrierConnection(MutualTLSConnection):
         #: could not be padded to its full size (no answer) — read by the protocol.
         self.mtu_probe_result: tuple[int, bool | None] | None = None
         self._mtu_probe_full = False
+        #: set when the peer raised a stream's credit or the stream count
+        #: (MAX_STREAM_DATA, MAX_STREAMS): streams waiting on them may go on.
+        self.limits_moved = False
+
+    def _handle_max_stream_data_frame(self, context: Any, frame_type: int, buf: Buffer
+                                      ) -> None:
+        super()._handle_max_stream_data_frame(context, frame_type, buf)
+        self.limits_moved = True
+
+    def _handle_max_streams_bidi_frame(self, context: Any, frame_type: int, buf: Buffer
+                                       ) -> None:
+        super()._handle_max_streams_bidi_frame(context, frame_type, buf)
+        self.limits_moved = True
 
     @property
     def datagram_size(self) -> int:
@@ -292,7 +309,8 @@ class CarrierProtocol:
         self._outboxes: dict[int, Outbox] = {}
         self._decoders: dict[int, FrameDecoder] = {}
         self._credits: dict[int, _Credit] = {}
-        self._consumed_total = 0
+        # User-stream bytes handed up and not yet consumed by the application.
+        self._held = 0
         self._control: deque[bytes] = deque()
         # Stream-0 offset where the last control message handed to aioquic
         # ends: the next one is handed only once the peer acknowledged that
@@ -305,6 +323,10 @@ class CarrierProtocol:
         self._user_streams: set[int] = set()
         self._sweep_countdown = _SWEEP_EVERY
         self._in_aioquic: set[int] = set()
+        # Streams with bytes to send that the peer's limits hold back.
+        self._waiting: set[int] = set()
+        # Scheduler urgency -> when bytes of that urgency were last handed to aioquic.
+        self._fed_at: dict[int, float] = {}
         self._closed: ConnectionClosed | None = None
         self._last_activity: float | None = None
         #: when the last datagram from the peer arrived (liveness: any packet counts)
@@ -447,6 +469,7 @@ class CarrierProtocol:
         """
         out: list[tuple[bytes, Any]] = []
         quic = self.quic
+        self._now = now
         while True:
             self._feed()
             if self._mtu_next is not None and self._start_probe():
@@ -519,12 +542,13 @@ class CarrierProtocol:
 
     def consume(self, stream_id: int, nbytes: int) -> None:
         """The application has taken ``nbytes`` of a user stream's data: grant credit."""
-        credit = self._credits.get(stream_id)
-        if credit is None or nbytes <= 0:
+        if nbytes <= 0:
             return
-        credit.consumed += nbytes
-        self._grant(stream_id, credit)
-        self._consumed_total += nbytes
+        self._held = max(self._held - nbytes, 0)
+        credit = self._credits.get(stream_id)
+        if credit is not None:  # None: the stream is gone, only the connection's credit moves
+            credit.consumed += nbytes
+            self._grant(stream_id, credit)
         self._grant_connection()
 
     def reset_stream(self, stream_id: int, code: int = 0) -> None:
@@ -647,22 +671,56 @@ class CarrierProtocol:
                 self.quic.send_stream_data(stream_id, b"")
 
     def _feed(self) -> None:
-        """Hand aioquic the next bytes, most urgent first, about one window's worth."""
+        """Hand aioquic the next bytes, most urgent first, about one window's worth.
+
+        A stream is only given what the peer lets it send now: its credit
+        (MAX_STREAM_DATA) and, for a stream the peer's MAX_STREAMS does not
+        cover yet, nothing. Such a stream waits here, blocked in the
+        scheduler, until the peer's limits move (:meth:`_recheck_waiting`),
+        so a reader that stops reading (or a flood of new streams) never
+        fills aioquic's buffers with bytes that cannot leave and starves the
+        other streams and the distribution messages.
+        """
         if not self._handshake_done or self._closed is not None:
             return
         quic = self.quic
         if self._control and self._control_delivered():
             quic.send_stream_data(CONTROL_STREAM, self._control.popleft())
             self._control_end = quic._streams[CONTROL_STREAM].sender._buffer_stop
-        budget = quic._loss.congestion_window - self._unsent_in_aioquic()
+        if self._waiting and quic.limits_moved:
+            self._recheck_waiting()
+        unsent = self._unsent_in_aioquic()
+        budget = quic._loss.congestion_window - unsent
         quantum = self.config.quantum
         scheduler = self._scheduler
+        streams = quic._streams
+        # While more urgent traffic is active, less urgent streams keep only
+        # `yield_inflight` bytes in flight: the urgent bytes then wait behind
+        # little (aioquic and the peer's socket buffer are FIFO), at the
+        # cost of bulk throughput while it lasts.
+        top = self._urgent_level()
+        yield_room = self.config.yield_inflight - quic._loss.bytes_in_flight - unsent
+        now = self._now
         while budget > 0:
             stream_id = scheduler.next()
             if stream_id < 0:
                 break
             outbox = self._outboxes[stream_id]
-            data, fin = outbox.take(min(quantum, budget))
+            want = min(quantum, budget)
+            level = scheduler.urgency(stream_id)
+            if level > top:
+                if yield_room <= 0:
+                    break  # strict priority: every stream still queued is as low
+                want = min(want, yield_room)
+            stream = streams.get(stream_id)
+            if stream is not None:
+                room = (0 if stream.is_blocked
+                        else stream.max_stream_data_remote - stream.sender._buffer_stop)
+                if room <= 0:
+                    want = 0  # only a FIN may still go (it needs no credit)
+                elif room < want:
+                    want = room
+            data, fin = outbox.take(want)
             if data or fin:
                 try:
                     quic.send_stream_data(stream_id, data, end_stream=fin)
@@ -672,11 +730,44 @@ class CarrierProtocol:
                     self._forget_outbox(stream_id)
                     continue
                 budget -= len(data)
+                if data:
+                    yield_room -= len(data)
+                    self._fed_at[level] = now
+                    if level < top and self.config.yield_inflight:
+                        top = level  # what follows in this round yields to it already
                 self._in_aioquic.add(stream_id)
             if fin:
                 self._forget_outbox(stream_id)
             elif not data:
                 scheduler.block(stream_id)
+                if want == 0 and stream is not None:
+                    # Blocked by the peer's limits, not by an empty outbox.
+                    self._waiting.add(stream_id)
+
+    def _urgent_level(self) -> int:
+        """The most urgent level that sent within ``yield_window`` (256: none)."""
+        if not self.config.yield_inflight:
+            return 256
+        since = self._now - self.config.yield_window
+        fed_at = self._fed_at
+        for level in sorted(fed_at):
+            if fed_at[level] >= since:
+                return level
+            del fed_at[level]  # quiet for long enough: forget it
+        return 256
+
+    def _recheck_waiting(self) -> None:
+        """Unblock the waiting streams the peer's new limits let send again."""
+        self.quic.limits_moved = False
+        streams = self.quic._streams
+        for stream_id in list(self._waiting):
+            stream = streams.get(stream_id)
+            if stream_id not in self._outboxes or stream is None:
+                self._waiting.discard(stream_id)
+            elif (not stream.is_blocked
+                    and stream.max_stream_data_remote > stream.sender._buffer_stop):
+                self._waiting.discard(stream_id)
+                self._scheduler.unblock(stream_id)
 
     def _control_delivered(self) -> bool:
         """Whether the peer acknowledged the last control message handed to aioquic.
@@ -697,8 +788,11 @@ class CarrierProtocol:
                 self._in_aioquic.discard(stream_id)
                 continue
             sender = stream.sender
-            left = sender._buffer_stop - sender.highest_offset
-            if left <= 0:
+            # Only what may leave now occupies the path: bytes beyond the
+            # peer's credit (or on a stream it has not allowed yet) do not.
+            left = 0 if stream.is_blocked else (
+                min(sender._buffer_stop, stream.max_stream_data_remote) - sender.highest_offset)
+            if left <= 0 and sender._buffer_stop <= sender.highest_offset:
                 self._in_aioquic.discard(stream_id)
             else:
                 unsent += left
@@ -707,6 +801,7 @@ class CarrierProtocol:
     def _forget_outbox(self, stream_id: int) -> None:
         if self._outboxes.pop(stream_id, None) is not None:
             self._scheduler.remove(stream_id)
+            self._waiting.discard(stream_id)
 
     def _release(self, stream_id: int) -> None:
         self._credits.pop(stream_id, None)
@@ -722,8 +817,15 @@ class CarrierProtocol:
             self.quic.stream_credit[stream_id] = target
 
     def _grant_connection(self) -> None:
+        # The peer may send a window beyond everything received (aioquic's
+        # count, which includes the final sizes of reset streams), minus
+        # what the application still holds unread, but never less than
+        # half a window: readers that stop on several streams (each bounded
+        # by its own stream window) cannot starve the distribution streams
+        # and the other user streams of the connection.
         window = self.config.connection_window
-        target = self._consumed_total + window
+        held = min(self._held, window // 2)
+        target = self.quic._local_max_data.used - held + window
         if target - self.quic.connection_credit >= window // 4:
             self.quic.connection_credit = target
 
@@ -796,6 +898,9 @@ class CarrierProtocol:
                     return  # data on a stream of ours that we already let go of
                 self._user_streams.add(stream_id)
                 self._credit_for(stream_id)
+            # Held until the application says it consumed it (consume()).
+            self._held += len(data)
+            self._grant_connection()  # beyond half a window held, the window slides on
             self._events.append(UserStreamData(stream_id, data, fin))
             return
         # Control, distribution and stray streams are consumed on delivery.
@@ -830,7 +935,6 @@ class CarrierProtocol:
         credit = self._credit_for(stream_id)
         credit.consumed += nbytes
         self._grant(stream_id, credit)
-        self._consumed_total += nbytes
         self._grant_connection()
 
     def _on_stream_reset(self, stream_id: int, code: int) -> None:
@@ -841,6 +945,7 @@ class CarrierProtocol:
             self._forget_outbox(stream_id)
             self._release(stream_id)
             self._events.append(UserStreamReset(stream_id, code))
+            self._grant_connection()  # the bytes it will never deliver are free again
         else:
             self._fail(RemoteProtocolError(
                 f"the peer reset distribution stream {stream_id} (code {code})"))

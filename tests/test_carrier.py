@@ -324,6 +324,58 @@ def test_a_reader_that_stops_makes_the_writer_block(certs, no_leaks):
             assert event.stream_id == sid
 
 
+def test_a_stalled_stream_starves_neither_other_streams_nor_dist_messages(certs, no_leaks):
+    """The bytes of a stream whose reader stopped stay in its outbox (never
+    more than its credit goes into aioquic), so the other streams and the
+    distribution messages keep the whole connection."""
+    with Listener("127.0.0.1", 0, tls=certs.a) as listener:
+        with connect("127.0.0.1", listener.port, tls=certs.b, timeout=TIMEOUT) as client:
+            server = listener.accept(timeout=TIMEOUT)
+            stalled, stalled_outbox = client.open_stream()
+            other, other_outbox = client.open_stream()
+            failures: list[BaseException] = []
+
+            def fill() -> None:
+                try:
+                    stalled_outbox.write(bytes(16 << 20), timeout=TIMEOUT)
+                except (QuicDistTimeoutError, ConnectionClosed):
+                    pass  # expected: nobody reads it, until the connection closes
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    failures.append(exc)
+
+            filler = threading.Thread(target=fill)
+            filler.start()
+            stalled_bytes = 0
+            while stalled_bytes < 4 << 20:  # the reader's whole window (default 4 MiB)
+                event = server.next_event(TIMEOUT)
+                if isinstance(event, UserStreamData) and event.stream_id == stalled:
+                    stalled_bytes += len(event.data)
+            payload = os.urandom(8 << 20)
+            writer = threading.Thread(
+                target=lambda: other_outbox.write(payload, fin=True, timeout=TIMEOUT))
+            writer.start()
+            client.send_dist(b"still flowing")
+            got = bytearray()
+            dist = []
+            other_done = False
+            while not (dist and other_done):
+                event = server.next_event(TIMEOUT)
+                if isinstance(event, UserStreamData) and event.stream_id == other:
+                    got += event.data
+                    server.consume(other, len(event.data))
+                    other_done = event.fin
+                elif isinstance(event, DistFrames):
+                    dist += event.frames
+                elif isinstance(event, UserStreamData):
+                    stalled_bytes += len(event.data)
+            assert bytes(got) == payload and dist == [b"still flowing"]
+            assert stalled_bytes == 4 << 20  # not one byte beyond its window
+            writer.join(TIMEOUT)
+            client.close()
+            filler.join(TIMEOUT)
+            assert not failures, failures
+
+
 def test_event_handlers_may_answer_on_the_io_thread(certs, no_leaks):
     """A handler runs on the I/O thread and may call back into its connection
     (send_dist, send_control, open_stream) without deadlocking."""

@@ -573,20 +573,32 @@ def test_an_unread_user_stream_stops_at_the_window_and_consume_reopens_it(certs)
     assert fin and hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
 
 
-def test_the_connection_window_caps_all_unread_user_streams_together(certs):
+def test_unread_user_streams_hold_back_at_most_half_the_connection_window(certs):
+    """Each unread stream stops at its own window; together they may hold more
+    than half the connection window, and the connection still has room: other
+    streams and the distribution messages are not starved by stalled readers."""
     window = 64 * KIB
     config = CarrierConfig(stream_window=window, connection_window=2 * window)
     link = make_link(certs, config)
-    sids = [open_user(link.client, os.urandom(window), fin=True)[0] for _ in range(3)]
+    sids = [open_user(link.client, os.urandom(2 * window), fin=True)[0] for _ in range(3)]
     link.run()
     received = {sid: len(user_bytes(link.events("server"), sid)[0]) for sid in sids}
-    assert sum(received.values()) == 2 * window, received
-    # Consuming on one stream gives connection credit back to all.
-    first = next(sid for sid in sids if received[sid])
-    link.server.consume(first, received[first])
+    assert received == {sid: window for sid in sids}, received
+    # 3 windows unread (more than the connection window): a fourth stream and
+    # a distribution message still get through.
+    dist = attach_dist_outbox(link.client)
+    dist.put(b"still flowing")
+    link.client.outbox_ready(link.client.dist_stream)
+    other, _ = open_user(link.client, os.urandom(window // 2), fin=True)
     link.run()
-    total = sum(len(user_bytes(link.events("server"), sid)[0]) for sid in sids)
-    assert total == 2 * window + received[first]
+    assert dist_frames(link.events("server"), link.client.dist_stream)[0] == [b"still flowing"]
+    assert user_bytes(link.events("server"), other) == (
+        user_bytes(link.events("server"), other)[0], True)
+    assert len(user_bytes(link.events("server"), other)[0]) == window // 2
+    # Consuming on one stream lets that stream go on.
+    link.server.consume(sids[0], window)
+    link.run()
+    assert len(user_bytes(link.events("server"), sids[0])[0]) == 2 * window
 
 
 # --------------------------------------------------------------------------
@@ -629,6 +641,31 @@ def test_a_dist_frame_overtakes_a_queued_low_priority_user_stream(certs):
     assert at["dist"] < len(bulk) // 2 and at["control"] < len(bulk) // 2, order
     data, fin = user_bytes(link.events("server"), sid)
     assert fin and data == bulk
+
+
+@pytest.mark.parametrize("yield_inflight", [128 * KIB, 0])
+def test_bulk_yields_all_but_yield_inflight_while_urgent_traffic_is_active(certs,
+                                                                          yield_inflight):
+    """With a large congestion window, a priority-255 stream would fill it; while
+    a priority-16 stream is active it keeps at most ``yield_inflight`` in flight."""
+    link = make_link(certs, CarrierConfig(yield_inflight=yield_inflight))
+    client = link.client
+    client.quic._loss._cc.congestion_window = 8 * MIB  # as on a fast path, long after start
+    open_user(client, os.urandom(4 * MIB), fin=True, priority=255)
+    open_user(client, b"urgent", fin=True, priority=16)
+    now = link.now + 0.001
+
+    def handed() -> int:  # what aioquic holds for the peer: in flight plus not yet sent
+        return client.quic._loss.bytes_in_flight + client._unsent_in_aioquic()
+
+    client.datagrams_to_send(now)
+    if yield_inflight:
+        assert handed() <= yield_inflight + 16 * KIB, handed()
+        # Once the urgent stream has been quiet for yield_window, bulk has the window again.
+        client.datagrams_to_send(now + client.config.yield_window + 0.001)
+        assert handed() > 1 * MIB, handed()
+    else:
+        assert handed() > 1 * MIB, handed()
 
 
 def test_between_user_streams_the_lower_priority_value_goes_first(certs):

@@ -195,21 +195,40 @@ class Connection:
         outbox: StreamOutbox = self._call(attach, timeout)
         return outbox
 
-    def consume(self, stream_id: int, nbytes: int) -> None:
+    def consume(self, stream_id: int, nbytes: int, final: bool = False) -> None:
         """Tell the peer it may send ``nbytes`` more on a user stream (credit).
 
         Small amounts are gathered here and handed to the I/O thread once
         they reach an eighth of the stream window (the protocol only
         announces credit in quarter-window steps anyway), so reading in
-        small pieces costs no wake-up per read.
+        small pieces costs no wake-up per read. ``final`` says the
+        application is done with the stream (it read or dropped the last of
+        its bytes): what was gathered goes out now, and the stream's entry
+        here is forgotten. Every byte a user stream delivered must be
+        consumed once, read or dropped: the connection's credit counts them.
         """
         with self._consume_lock:
-            pending = self._consumed.get(stream_id, 0) + nbytes
-            if pending < self._consume_step:
+            pending = self._consumed.pop(stream_id, 0) + nbytes
+            if pending < self._consume_step and not final:
                 self._consumed[stream_id] = pending
                 return
-            self._consumed.pop(stream_id, None)
-        self._post(lambda: self.protocol.consume(stream_id, pending), quiet=True)
+        if pending > 0:
+            self._post(lambda: self.protocol.consume(stream_id, pending), quiet=True)
+
+    def release_stream(self, stream_id: int, unread: int = 0) -> None:
+        """The application is done with a user stream: it will neither write
+        nor read it any more (closed both ways, or reset).
+
+        ``unread`` bytes it received and dropped are consumed with what was
+        gathered (:meth:`consume`), and the stream's outbox is forgotten
+        (what it still holds, such as a FIN, is still sent).
+        """
+        self.consume(stream_id, unread, final=True)
+
+        def forget() -> None:
+            self._stream_outboxes.pop(stream_id, None)
+
+        self._post(forget, quiet=True)
 
     def reset_stream(self, stream_id: int, code: int = 0) -> None:
         """Abort a user stream in both directions with ``code``."""

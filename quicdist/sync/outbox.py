@@ -33,6 +33,7 @@ class _Bounded:
         self._signalled = False  # the I/O thread was told there is data
         self._error: BaseException | None = None
         self._waiting = 0
+        self.forced_over = 0
 
     @property
     def size(self) -> int:
@@ -75,6 +76,8 @@ class _Bounded:
 
     def _taken(self, n: int, empty: bool) -> None:
         self._size -= n
+        if self._size < self._limit:
+            self.forced_over = 0
         if empty:
             self._signalled = False
         # Wake blocked writers at the low-water mark (half the limit), not on
@@ -115,7 +118,10 @@ class StreamOutbox(_Bounded):
                 raise StreamClosed("write after the end of the stream")
             while True:
                 try:
-                    self._wait_for_room(deadline)
+                    if view or not fin:
+                        self._wait_for_room(deadline)
+                    elif self._error is not None:  # a bare FIN takes no room
+                        raise self._error
                 except QuicDistTimeoutError as exc:
                     exc.bytes_written = written
                     raise
@@ -172,6 +178,9 @@ class FrameOutbox(_Bounded):
     def __init__(self, limit: int, notify: Callable[[], None]) -> None:
         super().__init__(limit, notify)
         self._payloads: deque[bytes] = deque()
+        #: bytes put with ``force`` while the outbox was full, since it last
+        #: drained below its limit (how far the I/O thread's replies overran it)
+        self.forced_over = 0
         self._partial: memoryview | None = None  # the rest of a frame split by take()
 
     def put(self, payload: bytes, timeout: float | None = None, *, force: bool = False) -> None:
@@ -186,6 +195,8 @@ class FrameOutbox(_Bounded):
             if force:
                 if self._error is not None:
                     raise self._error
+                if self._size >= self._limit:
+                    self.forced_over += 4 + len(payload)
             else:
                 self._wait_for_room(deadline)
             self._payloads.append(payload)
