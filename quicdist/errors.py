@@ -31,9 +31,11 @@ that catches ``ValueError``, ``TypeError`` or ``TimeoutError`` keeps working::
     │       ├── NoProc(CallError, LookupError)          no such process or registered name
     │       └── RpcError                                a remote call failed (.reason)
     ├── DiscoveryError(QuicDistError)                   the node's address could not be found
+    │   └── EpmdError                                   epmd refused, failed or is unreachable
     ├── StreamError(QuicDistError)                      one stream failed (others go on)
     │   ├── StreamReset                                 the peer reset it (.code)
-    │   └── StreamClosed                                used after close() or FIN
+    │   ├── StreamClosed                                used after close() or FIN
+    │   └── NotOwner                                    used by a thread that does not own it
     └── QuicDistTimeoutError(QuicDistError, TimeoutError)
                                                         a blocking call ran out of time
 
@@ -55,6 +57,7 @@ __all__ = [
     "DecodeError",
     "DiscoveryError",
     "EncodeError",
+    "EpmdError",
     "FrameError",
     "HandshakeError",
     "LocalProtocolError",
@@ -63,6 +66,7 @@ __all__ = [
     "NodeDown",
     "NodeError",
     "NotConnected",
+    "NotOwner",
     "ProtocolError",
     "QuicDistError",
     "QuicDistTimeoutError",
@@ -297,6 +301,25 @@ class DiscoveryError(QuicDistError):
         return self.message
 
 
+class EpmdError(DiscoveryError):
+    """epmd (the Erlang Port Mapper Daemon, TCP carrier only) did not help.
+
+    Raised by :mod:`quicdist.epmd`: epmd is not running or not reachable,
+    it answered with an error (a name already registered, a node it does
+    not know), or it sent something that is not its protocol. Looking a
+    node up is discovery, so this is a :class:`DiscoveryError`.
+
+    Attributes:
+        node: the node (or alive) name concerned ("" if none).
+        result: epmd's non-zero result code, when it sent one (else None).
+    """
+
+    def __init__(self, message: str, node: str = "", result: int | None = None) -> None:
+        super().__init__(message, node)
+        self.args = (message, node, result)
+        self.result = result
+
+
 class StreamError(QuicDistError):
     """One stream failed; the connection and its other streams go on.
 
@@ -324,6 +347,15 @@ class StreamReset(StreamError):
 
 class StreamClosed(StreamError):
     """The stream was used after it was closed (locally, or the peer's FIN was read)."""
+
+
+class NotOwner(StreamError):
+    """A stream operation came from a thread that does not own the stream.
+
+    A user stream belongs to one owner, a thread or a
+    :class:`~quicdist.Mailbox` (:meth:`quicdist.StreamRef.controlling_process`
+    hands it over); only the owner may send, receive, close or reset it.
+    """
 
 
 class QuicDistTimeoutError(QuicDistError, TimeoutError):

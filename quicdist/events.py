@@ -36,7 +36,9 @@ class HandshakeCompleted(CarrierEvent):
     """QUIC and TLS are up: the distribution handshake may start on stream 0.
 
     ``peer_subject`` is the subject of the peer's certificate (RFC 4514
-    string), or ``""`` when it presented none that was checked.
+    string), or ``""`` when it presented none that was checked. The TCP
+    carrier (:mod:`quicdist.tcp`) reports it as soon as the TCP connection
+    exists, with ``alpn`` and ``peer_subject`` empty.
     """
 
     alpn: str
@@ -49,7 +51,8 @@ class ControlData(CarrierEvent):
 
     The handshake on stream 0 is unframed (PROTOCOL.md §3): message
     boundaries are parsed by the handshake state machine, never inferred from
-    how these chunks were cut.
+    how these chunks were cut. (Over TCP each event is exactly one
+    handshake message, its 2-byte length stripped.)
     """
 
     data: bytes

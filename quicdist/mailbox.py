@@ -62,9 +62,12 @@ class Mailbox:
         self.name = name
         self._max = max_messages
         self._queue: deque[Any] = deque()
-        # Guards _queue and _exit_reason; receivers wait on it.
+        # Guards _queue, _exit_reason and _on_taken; receivers wait on it.
         self._cond = threading.Condition(threading.Lock())
         self._exit_reason: Any = None
+        # id(message) -> what to call once a receiver took it (or it was
+        # dropped with the mailbox): the user-stream layer's receive credit.
+        self._on_taken: dict[int, Callable[[], None]] = {}
 
     # ------------------------------------------------------------ receiving
 
@@ -80,6 +83,15 @@ class Mailbox:
             MailboxClosed: the mailbox exited (closed, overflowed).
         """
         deadline = Deadline(timeout)
+        message = self._take(deadline, match)
+        if self._on_taken:
+            with self._cond:
+                hook = self._on_taken.pop(id(message), None)
+            if hook is not None:
+                hook()
+        return message
+
+    def _take(self, deadline: Deadline, match: Callable[[Any], bool] | None) -> Any:
         with self._cond:
             scanned = 0
             while True:
@@ -116,13 +128,20 @@ class Mailbox:
         """Why the mailbox exited (None while it lives)."""
         return self._exit_reason
 
-    def _deliver(self, message: Any) -> bool:
-        """Queue ``message`` (any thread; never blocks). False if the mailbox is gone."""
+    def _deliver(self, message: Any, on_taken: Callable[[], None] | None = None) -> bool:
+        """Queue ``message`` (any thread; never blocks). False if the mailbox is gone.
+
+        ``on_taken`` is called (without any lock held) once a receiver took
+        the message, or when the mailbox exits with it still queued; never
+        when this returns False.
+        """
         with self._cond:
             if self._exit_reason is not None:
                 return False
             if len(self._queue) < self._max:
                 self._queue.append(message)
+                if on_taken is not None:
+                    self._on_taken[id(message)] = on_taken
                 self._cond.notify()
                 return True
         self.node._process_exit(self, OVERFLOW)
@@ -134,8 +153,13 @@ class Mailbox:
             if self._exit_reason is not None:
                 return False
             self._exit_reason = reason
+            self._queue.clear()  # a dead process's messages are gone (memory stays bounded)
             self._cond.notify_all()
-            return True
+            hooks = list(self._on_taken.values())
+            self._on_taken.clear()
+        for hook in hooks:  # messages never received count as taken (dropped)
+            hook()
+        return True
 
     # -------------------------------------------------------------- sending
 
@@ -190,6 +214,17 @@ class Mailbox:
     def demonitor(self, ref: Reference) -> None:
         """Cancel the monitor ``ref`` (no-op if it already fired)."""
         self.node._demonitor(self, ref)
+
+    def send_exit(self, pid: Pid, reason: Any) -> None:
+        """Erlang's ``exit(Pid, Reason)``: send an exit signal to another process.
+
+        A mailbox receives it as ``('EXIT', From, Reason)`` (mailboxes trap
+        exits), except reason ``kill``, which ends it with ``killed``. An
+        Erlang process that does not trap exits dies unless ``reason`` is
+        ``normal``.
+        """
+        self._check_alive()
+        self.node._exit_signal(self.pid, pid, reason)
 
     def exit(self, reason: Any = NORMAL) -> None:
         """End this process with ``reason``: linked processes and monitors are told."""

@@ -38,7 +38,6 @@ the mailbox with reason ``killed`` as it ends any Erlang process.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import queue
@@ -49,9 +48,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import dist
+from . import dist, erpc
 from .config import CarrierConfig
 from .discovery import Discovery, default_discovery
+from .epmd import EpmdClient, EpmdRegistration, tcp_discovery
 from .errors import (
     CallError,
     ConfigurationError,
@@ -79,10 +79,12 @@ from .events import (
 from .flags import QUICDIST_FLAGS, DistFlag
 from .handshake import Handshake, HandshakeResult, valid_node_name
 from .mailbox import DEFAULT_MAX_MESSAGES, DOWN, EXIT, PROCESS, Mailbox
+from .streams import Acceptor, StreamManager, StreamRef, check_priority
 from .sync.connection import Connection, connect as carrier_connect
 from .sync.listener import Listener
 from .sync.utils import Deadline
-from .terms import Atom, ImproperList, Pid, Reference
+from .tcp import TcpConfig, TcpConnection, TcpListener, carrier_config, tcp_connect
+from .terms import Atom, Pid, Reference
 from .tls import TLSConfig, VerifyMode
 
 
@@ -109,10 +111,8 @@ _SHUTDOWN = Atom("shutdown")
 _YES = Atom("yes")
 _BADRPC = Atom("badrpc")
 _EXIT_TAG = Atom("EXIT")
-_UNDEF = Atom("undef")
 _ERROR = Atom("error")
 _NOT_SUPPORTED = Atom("not_supported")
-_NOTSUP = Atom("notsup")
 
 # Bytes queued past the send-buffer limit by an I/O thread's own replies,
 # as a multiple of the limit, before the peer is dropped for not reading.
@@ -137,7 +137,7 @@ class _Conn:
     def __init__(self, role: str, peer_name: str | None = None) -> None:
         self.role = role
         self.peer_name = peer_name
-        self.connection: Connection | None = None
+        self.connection: Connection | TcpConnection | None = None
         self.handshake: Handshake | None = None
         #: connecting (QUIC) -> handshaking -> up -> closed; or failing -> closed
         self.state = "connecting"
@@ -152,7 +152,6 @@ class _Conn:
         self.up_since = 0.0
         self.last_tick = 0.0
         self.close_at = 0.0
-        self.refused: set[int] = set()
 
     def close(self, reason: str) -> None:
         """Close without waiting (any thread)."""
@@ -184,19 +183,27 @@ class _Monitor:
 
 
 class Node:
-    """A node of an Erlang cluster, carried over QUIC.
+    """A node of an Erlang cluster, carried over QUIC (or, with ``carrier="tcp"``,
+    over standard, unencrypted Erlang TCP distribution).
 
     Args:
         name: this node's name, ``alive@host``.
         cookie: the cluster's shared secret (str, encoded Latin-1, or bytes).
-        port: UDP port to listen on (0: any free port; :attr:`port` tells).
+        port: port to listen on (0: any free port; :attr:`port` tells);
+            default 4433 (UDP) for QUIC, any free TCP port for TCP.
         host: address to listen on.
         certfile, keyfile, cafile, verify: the node's TLS identity and how
-            peers are checked (see :class:`quicdist.tls.TLSConfig`).
-        nodes: static discovery table ``{node_name: (host, port)}``.
+            peers are checked (see :class:`quicdist.tls.TLSConfig`);
+            certfile and keyfile are required for QUIC. With
+            ``carrier="tcp"`` there is no TLS (plain Erlang TCP
+            distribution is unencrypted) and giving any of them is a
+            ConfigurationError.
+        nodes: static discovery table ``{node_name: (host, port)}`` (for
+            TCP: the peer's TCP port; epmd is then not asked).
         discovery: any object with ``lookup(node_name) -> (host, port)``;
-            tried after ``nodes``, before DNS SRV and the ``host:4433``
-            fallback (:func:`quicdist.discovery.default_discovery`).
+            tried after ``nodes``, then QUIC tries DNS SRV and the
+            ``host:4433`` fallback (:func:`quicdist.discovery.default_discovery`),
+            TCP the epmd on the node's host (:func:`quicdist.epmd.tcp_discovery`).
         net_ticktime: seconds of silence after which a peer is declared
             down; a tick goes out every quarter of it.
         hidden: do not advertise this node as visible (like ``erl -hidden``).
@@ -205,8 +212,12 @@ class Node:
         send_timeout: how long a send waits for room in a full send
             buffer (None: until the connection closes).
         max_messages: default bound of a mailbox's queue.
-        carrier: the QUIC carrier settings (:class:`CarrierConfig`).
-        dns: try DNS SRV in discovery.
+        carrier: ``"quic"`` (the default) or a :class:`CarrierConfig` for
+            QUIC; ``"tcp"`` or a :class:`quicdist.tcp.TcpConfig` for standard
+            Erlang distribution over TCP: epmd registration and lookup,
+            2-byte framed handshake, 4-byte framed messages, no encryption
+            (:mod:`quicdist.tcp`). User streams need QUIC.
+        dns: try DNS SRV in discovery (QUIC only).
         rpc_workers: threads that run rpc calls from peers.
         creation: this incarnation's 32-bit creation (default: random).
 
@@ -219,10 +230,10 @@ class Node:
         name: str,
         *,
         cookie: str | bytes,
-        port: int = 4433,
+        port: int | None = None,
         host: str = "0.0.0.0",
-        certfile: str,
-        keyfile: str,
+        certfile: str | None = None,
+        keyfile: str | None = None,
         cafile: str | None = None,
         verify: VerifyMode = "verify_none",
         nodes: Mapping[str, tuple[str, int]] | None = None,
@@ -232,7 +243,7 @@ class Node:
         connect_timeout: float = 7.0,
         send_timeout: float | None = None,
         max_messages: int = DEFAULT_MAX_MESSAGES,
-        carrier: CarrierConfig | None = None,
+        carrier: CarrierConfig | TcpConfig | str | None = None,
         dns: bool = True,
         rpc_workers: int = 8,
         creation: int | None = None,
@@ -246,7 +257,7 @@ class Node:
                 raise ConfigurationError("the cookie must be Latin-1 text or bytes") from None
         if not isinstance(cookie, bytes) or not cookie:
             raise ConfigurationError("the cookie must be a non-empty str or bytes")
-        if not isinstance(port, int) or not 0 <= port <= 65535:
+        if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
             raise ConfigurationError(f"port must be in 0..65535, got {port!r}")
         for what, value in (("net_ticktime", net_ticktime), ("connect_timeout", connect_timeout)):
             if not isinstance(value, int | float) or value <= 0:
@@ -264,16 +275,38 @@ class Node:
         self.name = name
         self.creation = creation
         self._cookie = cookie
-        self._bind = (host, port)
-        self._tls = TLSConfig(certfile, keyfile, cafile, verify)
-        self._carrier = carrier or CarrierConfig()
-        self._discovery: Discovery = default_discovery(nodes, discovery, dns=dns)
+        config = carrier_config(carrier)
+        #: ``"quic"`` or ``"tcp"``.
+        self.carrier = "tcp" if isinstance(config, TcpConfig) else "quic"
+        self._tls: TLSConfig | None = None
+        self._tcp: TcpConfig | None = None
+        self._epmd: EpmdRegistration | None = None
+        if isinstance(config, TcpConfig):
+            if certfile or keyfile or cafile or verify != "verify_none":
+                raise ConfigurationError(
+                    "carrier='tcp' is plain (unencrypted) Erlang TCP distribution: "
+                    "certfile, keyfile, cafile and verify do not apply")
+            self._tcp = config
+            self._carrier = CarrierConfig()
+            self._bind = (host, 0 if port is None else port)
+            self._discovery: Discovery = tcp_discovery(
+                nodes, discovery, epmd=config.epmd, epmd_port=config.epmd_port,
+                epmd_timeout=config.epmd_timeout)
+        else:
+            if not certfile or not keyfile:
+                raise ConfigurationError("the QUIC carrier needs certfile and keyfile "
+                                         "(carrier='tcp' runs without TLS)")
+            self._tls = TLSConfig(certfile, keyfile, cafile, verify)
+            self._carrier = config
+            self._bind = (host, 4433 if port is None else port)
+            self._discovery = default_discovery(nodes, discovery, dns=dns)
         self.net_ticktime = float(net_ticktime)
         self.hidden = hidden
         self.connect_timeout = float(connect_timeout)
         self.send_timeout = send_timeout
         self.max_messages = max_messages
-        flags = QUICDIST_FLAGS | DistFlag.ALIAS
+        # SPAWN: rpc:call / erpc from Erlang arrive as spawn requests (quicdist.erpc).
+        flags = QUICDIST_FLAGS | DistFlag.ALIAS | DistFlag.SPAWN
         if not hidden:
             flags |= DistFlag.PUBLISHED
         self._flags = int(flags)
@@ -281,15 +314,17 @@ class Node:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._state = "new"  # new -> running -> stopped
-        self._listener: Listener | None = None
+        self._listener: Listener | TcpListener | None = None
         self._ticker: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._workers = _WorkerPool(rpc_workers, f"quicdist-rpc-{name}")
+        # User streams and acceptor pools (quicdist.streams).
+        self._streams = StreamManager(self)
         # Connections, keyed by peer node name where known.
         self._up: dict[str, _Conn] = {}
         self._dialing: dict[str, _Conn] = {}
         self._accepting: dict[str, _Conn] = {}
-        self._accepted: dict[Connection, _Conn] = {}
+        self._accepted: dict[Connection | TcpConnection, _Conn] = {}
         self._all: set[_Conn] = set()
         self._nok_until: dict[str, float] = {}
         self._last_error: dict[str, BaseException] = {}
@@ -312,7 +347,7 @@ class Node:
 
     @property
     def port(self) -> int:
-        """The UDP port the node listens on (once started)."""
+        """The port the node listens on (UDP for QUIC, TCP for TCP; once started)."""
         if self._listener is None:
             return self._bind[1]
         return self._listener.port
@@ -322,19 +357,40 @@ class Node:
         return self._state == "running"
 
     def start(self) -> Node:
-        """Start listening and ticking. Returns the node (for chaining)."""
+        """Start listening and ticking. Returns the node (for chaining).
+
+        A TCP node also registers in the epmd of its host (EpmdError, a
+        DiscoveryError, if epmd is not running or the name is taken; the
+        node is then not started).
+        """
         with self._lock:
             if self._state != "new":
                 raise ConfigurationError(f"node {self.name} was already {self._state}")
             host, port = self._bind
-            self._listener = Listener(host, port, tls=self._tls, config=self._carrier,
-                                      on_connection=self._accepted_connection,
-                                      on_event=self._listener_event, name=self.name)
+            if self._tcp is not None:
+                self._listener = TcpListener(host, port, config=self._tcp,
+                                             on_connection=self._accepted_connection,
+                                             on_event=self._listener_event, name=self.name)
+                if self._tcp.epmd:
+                    try:
+                        self._epmd = EpmdClient(
+                            port=self._tcp.epmd_port, timeout=self._tcp.epmd_timeout,
+                        ).register(self.name.partition("@")[0], self._listener.port)
+                    except BaseException:
+                        self._listener.stop()
+                        self._listener = None
+                        raise
+            else:
+                assert self._tls is not None
+                self._listener = Listener(host, port, tls=self._tls, config=self._carrier,
+                                          on_connection=self._accepted_connection,
+                                          on_event=self._listener_event, name=self.name)
             self._state = "running"
             self._ticker = threading.Thread(target=self._tick_loop, daemon=True,
                                             name=f"quicdist-ticker-{self.name}")
             self._ticker.start()
-        logger.info("node %s listening on UDP port %d", self.name, self.port)
+        logger.info("node %s listening on %s port %d", self.name,
+                    "TCP" if self._tcp is not None else "UDP", self.port)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -352,6 +408,9 @@ class Node:
             mailboxes = list(self._mailboxes.values())
             self._cond.notify_all()
         self._stop_event.set()
+        self._streams.stop()  # blocked stream calls wake with NodeDown
+        if self._epmd is not None:
+            self._epmd.close()  # epmd forgets the name at once
         for c in conns:
             c.close("node stopped")
         if self._listener is not None:
@@ -392,6 +451,8 @@ class Node:
         False if it cannot be made within ``timeout`` (default
         ``connect_timeout``); :meth:`connection_error` says why.
         """
+        if peer == self.name:
+            return True
         try:
             self._ensure_connected(peer, timeout)
         except NotConnected:
@@ -478,11 +539,20 @@ class Node:
             c.handshake = Handshake("dialer", node_name=self.name, cookie=self._cookie,
                                     creation=self.creation, flags=self._flags, peer_name=peer)
             wait = deadline.timeout()
-            connection = carrier_connect(
-                host, port, tls=self._tls, config=self._carrier,
-                timeout=self.connect_timeout if wait is None else wait,
-                on_event=lambda conn, event: self._event(c, conn, event),
-                name=f"{self.name}->{peer}")
+            connection: Connection | TcpConnection
+            if self._tcp is not None:
+                connection = tcp_connect(
+                    host, port, config=self._tcp,
+                    timeout=self.connect_timeout if wait is None else wait,
+                    on_event=lambda conn, event: self._event(c, conn, event),
+                    name=f"{self.name}->{peer}")
+            else:
+                assert self._tls is not None
+                connection = carrier_connect(
+                    host, port, tls=self._tls, config=self._carrier,
+                    timeout=self.connect_timeout if wait is None else wait,
+                    on_event=lambda conn, event: self._event(c, conn, event),
+                    name=f"{self.name}->{peer}")
         except (QuicDistError, OSError) as exc:
             if not isinstance(exc, DiscoveryError | ConnectionClosed | QuicDistTimeoutError):
                 logger.warning("connecting %s -> %s failed: %s", self.name, peer, exc)
@@ -496,7 +566,7 @@ class Node:
 
     # Listener side: called on the accepted connection's I/O thread.
 
-    def _accepted_connection(self, connection: Connection) -> None:
+    def _accepted_connection(self, connection: Connection | TcpConnection) -> None:
         c = _Conn("listener")
         c.connection = connection
         c.state = "handshaking"
@@ -513,7 +583,8 @@ class Node:
             self._accepted[connection] = c
             self._all.add(c)
 
-    def _listener_event(self, connection: Connection, event: CarrierEvent) -> None:
+    def _listener_event(self, connection: Connection | TcpConnection,
+                        event: CarrierEvent) -> None:
         with self._lock:
             c = self._accepted.get(connection)
         if c is not None:
@@ -546,7 +617,8 @@ class Node:
 
     # ------------------------------------------------------- event handling
 
-    def _event(self, c: _Conn, connection: Connection, event: CarrierEvent) -> None:
+    def _event(self, c: _Conn, connection: Connection | TcpConnection,
+               event: CarrierEvent) -> None:
         """Every event of every connection, on that connection's I/O thread."""
         _io_thread.active = True
         try:
@@ -587,8 +659,11 @@ class Node:
             return
         assert c.handshake is not None and c.connection is not None
         c.state = "handshaking"
-        for message in c.handshake.start():
-            c.connection.send_control(message)
+        try:
+            for message in c.handshake.start():
+                c.connection.send_control(message)
+        except ConnectionClosed:
+            return  # its end event follows
 
     def _control(self, c: _Conn, data: bytes) -> None:
         if c.state == "up":
@@ -601,8 +676,11 @@ class Node:
             return
         replies = hs.receive(data)
         assert c.connection is not None
-        for message in replies:
-            c.connection.send_control(message)
+        try:
+            for message in replies:
+                c.connection.send_control(message)
+        except ConnectionClosed:
+            return  # closed under us (e.g. a simultaneous connect): its end event follows
         if hs.failed:
             error = hs.error
             assert error is not None
@@ -622,6 +700,9 @@ class Node:
     def _handshake_done(self, c: _Conn) -> None:
         result = c.handshake.result if c.handshake is not None else None
         assert result is not None
+        if isinstance(c.connection, TcpConnection):
+            # On the reader thread, before it reads on: 4-byte frames from now on.
+            c.connection.handshake_complete()
         name = result.peer_name
         with self._lock:
             stale = self._state != "running" or c.cancelled
@@ -738,6 +819,8 @@ class Node:
                     if mon.local_target is not None:
                         self._watched_by.get(mon.local_target, set()).discard(ref)
         logger.info("%s: node %s down: %s", self.name, name, error)
+        if isinstance(c.connection, Connection):
+            self._streams.connection_down(c.connection, name, error)
         for mailbox, remote in exits:
             mailbox._deliver((EXIT, remote, _NOCONNECTION))
         for mailbox, ref, obj in downs:
@@ -754,6 +837,7 @@ class Node:
                 logger.exception("ticker of %s failed", self.name)
 
     def _tick(self, now: float) -> None:
+        self._streams.tick()  # streams whose owner thread ended are reset
         with self._lock:
             conns = list(self._all)
         tick_every = self.net_ticktime / 4
@@ -773,7 +857,8 @@ class Node:
                 if now - c.last_tick >= tick_every:
                     c.last_tick = now
                     connection.send_tick()
-                if connection.dist_outbox.size > _FORCED_SLACK * connection.dist_outbox.limit:
+                outbox = connection.dist_outbox
+                if outbox.forced_over > _FORCED_SLACK * outbox.limit:
                     logger.warning("%s: node %s does not read its messages; disconnecting",
                                    self.name, c.peer_name)
                     self._conn_down(c, NodeDown(f"{c.peer_name} stopped reading",
@@ -845,6 +930,7 @@ class Node:
         """``mailbox`` ends with ``reason``: links and monitors are told."""
         if not mailbox._mark_exited(reason):
             return
+        self._streams.owner_exited(mailbox)  # its streams are reset with code 0
         pid = mailbox.pid
         with self._lock:
             self._mailboxes.pop(pid, None)
@@ -918,6 +1004,9 @@ class Node:
         if isinstance(dest, str):
             with self._lock:
                 target_mb = self._names.get(dest)
+            if target_mb is None and dest in SYSTEM_NAMES:
+                self._system_message(None, Atom(dest), from_pid, message)
+                return
             if target_mb is None:
                 raise NoProc(f"no process is registered as {dest!r} on {self.name}",
                              Atom(dest))
@@ -952,7 +1041,11 @@ class Node:
     def _send_remote(self, node: str, msg: dist.DistMessage, raise_nodedown: bool) -> None:
         payload = dist.encode_message(msg)  # EncodeError before anything is sent
         try:
-            c = self._ensure_connected(node) if not _on_io_thread() else self._up_conn(node)
+            # The common case first, without the lock: the node is up (a
+            # dict read is atomic; _put re-checks that the connection lives).
+            c = self._up.get(node)
+            if c is None:
+                c = self._ensure_connected(node) if not _on_io_thread() else self._up_conn(node)
             self._put(c, payload)
         except (NodeDown, ConnectionClosed, DiscoveryError, ConfigurationError) as exc:
             if raise_nodedown:
@@ -1087,6 +1180,22 @@ class Node:
         if mon.node != self.name:
             self._signal(mon.node, dist.DemonitorP(mailbox.pid, mon.target, ref))
 
+    def _exit_signal(self, from_pid: Pid, to_pid: Pid, reason: Any) -> None:
+        """``exit(To, Reason)`` from ``from_pid``: EXIT2 to a remote pid, or handled here."""
+        if not isinstance(to_pid, Pid):
+            raise TypeError(f"an exit signal goes to a Pid, not {to_pid!r}")
+        if to_pid.node != self.name:
+            self._send_remote(to_pid.node, dist.Exit2(from_pid, to_pid, reason),
+                              raise_nodedown=False)
+            return
+        target = self._mailbox_of(to_pid)
+        if target is None:
+            return
+        if reason == _KILL:
+            self._process_exit(target, _KILLED)
+        else:
+            target._deliver((EXIT, from_pid, reason))
+
     def _alias(self, mailbox: Mailbox) -> Reference:
         ref = self.make_ref()
         with self._lock:
@@ -1114,8 +1223,13 @@ class Node:
             QuicDistTimeoutError (a TimeoutError): no reply within ``timeout``.
         """
         node = _node_of(dest, self.name)
+        deadline = Deadline(timeout)
         if node != self.name:
-            self._ensure_connected(node)  # NotConnected (a NodeDown) before anything else
+            # NotConnected (a NodeDown) before anything else; the call's
+            # timeout bounds the connection attempt too.
+            wait = deadline.timeout()
+            self._ensure_connected(node, self.connect_timeout if wait is None
+                                   else min(wait, self.connect_timeout))
         with self.mailbox() as mailbox:
             ref = mailbox.monitor(dest)
             tag = ref
@@ -1128,7 +1242,7 @@ class Node:
                     or (len(m) == 5 and m[0] == DOWN and m[1] == ref))
 
             try:
-                reply = mailbox.receive(timeout, match=match)
+                reply = mailbox.receive(deadline.timeout(), match=match)
             except QuicDistTimeoutError:
                 raise QuicDistTimeoutError(
                     f"no reply from {dest!r} within {timeout} s") from None
@@ -1194,30 +1308,11 @@ class Node:
                          ) -> Callable[..., Any] | None:
         with self._lock:
             table = self._modules.get(str(module))
-        fn = None if table is None else table.get(str(function))
-        if fn is None:
-            return None
-        try:
-            inspect.signature(fn).bind(*range(arity))
-        except TypeError:
-            return None
-        except ValueError:
-            pass  # no signature (a builtin): let the call decide
-        return fn
+        return erpc.lookup(table, function, arity)
 
     def _run_call(self, module: Any, function: Any, args: Any) -> Any:
         """Run a registered function; the reply ``rex`` gives (a value or ``{badrpc, R}``)."""
-        if not isinstance(args, list):
-            return (_BADRPC, (_EXIT_TAG, (Atom("badarg"), [])))
-        fn = self._lookup_function(module, function, len(args))
-        if fn is None:
-            return (_BADRPC, (_EXIT_TAG, (_UNDEF, [(module, function, args, [])])))
-        try:
-            return fn(*args)
-        except Exception as exc:
-            reason = (Atom("python_exception"), Atom(type(exc).__name__),
-                      str(exc).encode("utf-8", "replace"))
-            return (_BADRPC, (_EXIT_TAG, (reason, [])))
+        return erpc.rex_reply(erpc.run_function(self, module, function, args))
 
     # --------------------------------------------- messages from the peers
 
@@ -1277,12 +1372,8 @@ class Node:
         elif isinstance(msg, dist.Exit | dist.PayloadExit):
             self._remote_link_exit(msg.from_pid, msg.to_pid, msg.reason)
         elif isinstance(msg, dist.Exit2 | dist.PayloadExit2):
-            mailbox = self._mailbox_of(msg.to_pid)
-            if mailbox is not None:
-                if msg.reason == _KILL:
-                    self._process_exit(mailbox, _KILLED)
-                else:
-                    mailbox._deliver((EXIT, msg.from_pid, msg.reason))
+            if msg.to_pid.node == self.name:
+                self._exit_signal(msg.from_pid, msg.to_pid, msg.reason)
         elif isinstance(msg, dist.MonitorP):
             self._remote_monitor(c, msg)
         elif isinstance(msg, dist.DemonitorP):
@@ -1302,8 +1393,7 @@ class Node:
             if watcher is not None:
                 watcher._deliver((DOWN, msg.ref, PROCESS, mon.down_object(), msg.reason))
         elif isinstance(msg, dist.SpawnRequest):
-            # Not advertised (no DFLAG_SPAWN): refuse cleanly if a peer tries anyway.
-            self._signal(peer, dist.SpawnReply(msg.req_id, msg.from_pid, 0, _NOTSUP))
+            erpc.handle_spawn_request(self, peer, msg)
         else:
             logger.debug("%s: %s from %s ignored", self.name, msg.op.name, peer)
 
@@ -1365,7 +1455,8 @@ class Node:
             if (isinstance(message, tuple) and len(message) == 2
                     and isinstance(message[0], Pid) and message[1] == Atom("features_request")):
                 self._send(self._node_pid, message[0],
-                           (Atom("features_reply"), Atom(self.name), []), raise_nodedown=False)
+                           (Atom("features_reply"), Atom(self.name), [erpc.ERPC]),
+                           raise_nodedown=False)
                 return
             if call is not None:
                 (caller, tag), request = call
@@ -1381,9 +1472,37 @@ class Node:
                     and message[1][0] == Atom("cast")):
                 cast = message[1]
                 self._submit(lambda: self._run_call(cast[1], cast[2], cast[3]))
+        elif name == "global_name_server":
+            self._global(message, call)
         elif call is not None:
             (caller, tag), _request = call
             self._reply(caller, tag, (_ERROR, _NOT_SUPPORTED))
+
+    def _global(self, message: Any, call: tuple[tuple[Pid, Any], Any] | None) -> None:
+        """Just enough of kernel's ``global`` that Erlang nodes stay in sync with us.
+
+        A visible node is sent ``init_connect`` by every Erlang node's
+        global_name_server; without an ``in_sync`` answer ``global:sync()``
+        and global locks block there forever. quicdist keeps no global
+        names: locks are granted, registrations accepted, nothing stored.
+        """
+        if (call is None and isinstance(message, tuple) and len(message) == 2
+                and message[0] == _GEN_CAST and isinstance(message[1], tuple)
+                and len(message[1]) == 4 and message[1][0] == Atom("init_connect")
+                and isinstance(message[1][2], str)):
+            peer = str(message[1][2])
+            self._send(self._node_pid, ("global_name_server", peer),
+                       (_GEN_CAST, (Atom("in_sync"), Atom(self.name), True)),
+                       raise_nodedown=False)
+            return
+        if call is None:
+            return
+        (caller, tag), request = call
+        kind = request[0] if isinstance(request, tuple) and request else request
+        answers = {Atom("set_lock"): True, Atom("del_lock"): True, Atom("register"): _YES,
+                   Atom("register_ext"): _YES, Atom("unregister"): Atom("ok")}
+        answer = answers.get(kind) if isinstance(kind, Atom) else None
+        self._reply(caller, tag, (_ERROR, _NOT_SUPPORTED) if answer is None else answer)
 
     def _reply_call(self, caller: Pid, tag: Any, module: Any, function: Any, args: Any
                     ) -> None:
@@ -1399,21 +1518,69 @@ class Node:
     def _reply(self, caller: Pid, tag: Any, value: Any) -> None:
         self._send(self._node_pid, caller, (tag, value), raise_nodedown=False)
 
-    def _submit(self, job: Callable[[], Any]) -> None:
-        if self._state == "running":
-            self._workers.submit(job)
+    def _submit(self, job: Callable[[], Any]) -> bool:
+        """Run ``job`` on the worker pool; False if the node no longer runs."""
+        if self._state != "running":
+            return False
+        return self._workers.submit(job)
 
     # --------------------------------------------------------- user streams
 
-    def _user_stream_event(self, c: _Conn, event: CarrierEvent) -> None:
-        # No acceptors yet: every stream a peer opens is refused (PROTOCOL.md §6).
-        stream_id = getattr(event, "stream_id", None)
+    def open_stream(self, peer: str, priority: int = 128) -> StreamRef:
+        """Open a user stream to ``peer`` (connecting first if needed).
+
+        The calling thread owns the returned :class:`~quicdist.StreamRef`.
+        ``priority`` is 16 (most urgent) to 255; 0-15 are the distribution
+        traffic's. The peer learns of the stream with its first bytes.
+
+        Raises:
+            ConfigurationError (a ValueError): ``priority`` outside 16..255,
+                an invalid node name, or a carrier without user streams (TCP).
+            NotConnected: the peer is not connected and cannot be.
+            NodeDown: the connection went down while the stream was opened.
+        """
+        check_priority(priority)
+        c = self._ensure_connected(peer)
         connection = c.connection
-        if stream_id is None or connection is None:
-            return
-        if isinstance(event, UserStreamData) and stream_id not in c.refused:
-            c.refused.add(stream_id)
-            connection.reset_stream(stream_id, STREAM_REFUSED)
+        if not isinstance(connection, Connection):
+            raise ConfigurationError(f"user streams need the QUIC carrier ({peer} is "
+                                     f"connected over {type(connection).__name__})")
+        return self._streams.open(connection, peer, priority, self.connect_timeout)
+
+    def accept_streams(self, peer: str, *, mailbox: Mailbox | None = None,
+                       priority: int = 128) -> Acceptor:
+        """Join the acceptor pool for the streams ``peer`` opens.
+
+        The streams are handed round-robin to the pool's members: a thread
+        takes its share with :meth:`Acceptor.accept`; a ``mailbox`` member
+        owns its streams at once and receives them as ``("quic_dist_stream",
+        Ref, ...)`` messages. Replies on accepted streams go at ``priority``.
+        Without any member, a peer's new stream is reset with 0x100.
+
+        Raises:
+            ConfigurationError: an invalid node name or priority.
+            NodeDown: the node is stopped.
+        """
+        if not isinstance(peer, str) or not valid_node_name(peer) or peer == self.name:
+            raise ConfigurationError(f"invalid peer node name {peer!r}")
+        check_priority(priority)
+        if mailbox is not None and (not isinstance(mailbox, Mailbox) or mailbox.node is not self):
+            raise ConfigurationError(f"{mailbox!r} is not a Mailbox of {self.name}")
+        return self._streams.accept_streams(peer, mailbox, priority)
+
+    def stop_accepting(self, acceptor: Acceptor) -> None:
+        """Take ``acceptor`` out of its pool (same as ``acceptor.close()``)."""
+        self._streams.stop_accepting(acceptor)
+
+    def list_streams(self, peer: str | None = None) -> list[dict[str, Any]]:
+        """The open user streams of every connected node, or of ``peer``: their
+        :meth:`StreamRef.info` dicts."""
+        return self._streams.list(peer)
+
+    def _user_stream_event(self, c: _Conn, event: CarrierEvent) -> None:
+        connection = c.connection
+        if isinstance(connection, Connection):
+            self._streams.on_event(connection, c.peer_name, c.state == "up", event)
 
 
 class _WorkerPool:
@@ -1428,25 +1595,27 @@ class _WorkerPool:
         self._lock = threading.Lock()
         self._stopped = False
 
-    def submit(self, job: Callable[[], Any]) -> None:
+    def submit(self, job: Callable[[], Any]) -> bool:
         with self._lock:
             if self._stopped:
-                return
-            if self._idle == 0 and len(self._threads) < self._size:
+                return False
+            # Each job claims an idle worker, or a new one while under the
+            # limit: a burst of calls runs in parallel, not one by one.
+            if self._idle > 0:
+                self._idle -= 1
+            elif len(self._threads) < self._size:
                 thread = threading.Thread(target=self._run, daemon=True,
                                           name=f"{self._name}-{len(self._threads)}")
                 self._threads.append(thread)
-                self._idle += 1
                 thread.start()
             self._jobs.put(job)
+        return True
 
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            with self._lock:
-                self._idle -= 1
             try:
                 job()
             except Exception:
@@ -1481,8 +1650,8 @@ def _parse_gen_call(message: Any) -> tuple[tuple[Pid, Any], Any] | None:
     """``('$gen_call', (From, Tag), Request)`` -> ``((From, Tag), Request)``."""
     if (isinstance(message, tuple) and len(message) == 3 and message[0] == _GEN_CALL
             and isinstance(message[1], tuple) and len(message[1]) == 2
-            and isinstance(message[1][0], Pid)
-            and isinstance(message[1][1], Reference | ImproperList | list)):
+            and isinstance(message[1][0], Pid)):
+        # Any tag term: a Reference, OTP 24+'s [alias | Ref], multi_call's {Ref, Node}...
         return (message[1][0], message[1][1]), message[2]
     return None
 
