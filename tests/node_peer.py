@@ -34,12 +34,45 @@ Commands (and what they print)
     ``NODES a,b`` (empty after ``NODES`` when none); ``CONNS <connections the
     node tracks> <up> <open carrier connections>``.
 ``quit``
+
+User streams (tests/test_streams_process.py)
+--------------------------------------------
+``accept NODE K MODE [ARG]``
+    K acceptor threads join the pool for NODE; each prints ``ACCEPTED <k>
+    <stream id>`` for every stream it accepts and hands it to a new thread
+    (``controlling_process``) that serves it by MODE: ``echo`` (every chunk
+    back, FIN after the peer's FIN; ``ECHOED <id> <bytes>``), ``sha`` (reads
+    to FIN, answers ``"<bytes> <sha256 hex>"`` and FIN; ``SHA <id> <bytes>
+    <hex>``), ``reset CODE`` (reads one chunk, resets with CODE;
+    ``RESET-SENT <id> <code>``), ``stall`` (reads nothing until ``drain``,
+    then serves it as ``sha``; ``STALLED <id>`` first), ``halfclose`` (reads
+    to FIN: ``GOT-FIN <id> <bytes>``, then sends ``bye`` and FIN:
+    ``BOTH-FIN <id> <closed>``), ``hold`` (reads until FIN or an error:
+    ``RECV-END <id>`` or ``RECV-ERROR <id> <exception> <code>``).
+``accept-mailbox NODE MODE``
+    A Mailbox joins the pool: its streams arrive as messages, each printed
+    as ``MSG <id> data <bytes> <fin>``, ``MSG <id> reset <code>`` or ``MSG <id>
+    closed``; MODE ``echo`` also sends every data message back (FIN with the
+    peer's), ``echo-quiet`` does that and prints nothing but errors.
+``drain`` / ``stop-accepting NODE``
+    Lets the ``stall`` streams read; closes NODE's acceptors (``STOPPED-ACCEPTING``).
+``open LABEL NODE PRIORITY``
+    Opens a stream to NODE, owned by the command thread: ``OPENED LABEL <id>``.
+``send LABEL TEXT`` / ``send-fin LABEL TEXT`` / ``close LABEL`` / ``reset LABEL CODE``
+    On that stream (``DONE <command> LABEL``, or ``FAILED <command> LABEL
+    <exception> <code>``).
+``read LABEL``
+    A new thread takes the stream and reads it to its end: ``READ LABEL
+    <text> EOF``, or ``READ-ERROR LABEL <exception> <code>``.
+``streams`` / ``rss``
+    ``STREAMS <open user streams>``; ``RSS <resident kB>``.
 Every log record of quicdist at WARNING or above is printed as ``LOG <message>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -50,9 +83,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quicdist import Atom, Node, Pid  # noqa: E402
+from quicdist import Atom, Node, Pid, StreamRef  # noqa: E402
 from quicdist.config import CarrierConfig  # noqa: E402
 from quicdist.errors import MailboxClosed, QuicDistError  # noqa: E402
+from quicdist.streams import Acceptor  # noqa: E402
 
 
 _out_lock = threading.Lock()
@@ -141,7 +175,176 @@ def flood(node: Node, name: str, peer: str, count: int) -> None:
     say("FLOODED", count, f"{time.monotonic() - start:.3f}")
 
 
+def _error_words(exc: BaseException) -> tuple[str, object]:
+    return type(exc).__name__, getattr(exc, "code", "-")
+
+
+class Streams:
+    """The user-stream commands (see the module docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.acceptors: dict[str, list[Acceptor]] = {}
+        self.opened: dict[str, StreamRef] = {}
+        self.drain = threading.Event()
+
+    def command(self, command: str, args: list[str]) -> bool:
+        if command == "accept":
+            peer, count, mode, extra = args[0], int(args[1]), args[2], args[3:]
+            for k in range(count):
+                acceptor = self.node.accept_streams(peer)
+                self.acceptors.setdefault(peer, []).append(acceptor)
+                spawn(self.accept_loop, acceptor, k, mode, extra)
+            say("ACCEPTING", peer, count, mode)
+        elif command == "accept-mailbox":
+            peer, mode = args
+            mailbox = self.node.mailbox()
+            self.acceptors.setdefault(peer, []).append(
+                self.node.accept_streams(peer, mailbox=mailbox))
+            spawn(self.mailbox_loop, mailbox, mode)
+            say("ACCEPTING", peer, "mailbox", mode)
+        elif command == "drain":
+            self.drain.set()
+            say("DRAINING")
+        elif command == "stop-accepting":
+            for acceptor in self.acceptors.pop(args[0], []):
+                self.node.stop_accepting(acceptor)
+            say("STOPPED-ACCEPTING", args[0])
+        elif command == "open":
+            label, peer, priority = args
+            try:
+                ref = self.node.open_stream(peer, int(priority))
+            except QuicDistError as exc:
+                say("OPEN-FAILED", label, *_error_words(exc))
+            else:
+                self.opened[label] = ref
+                say("OPENED", label, ref.stream_id)
+        elif command in ("send", "send-fin", "close", "reset"):
+            ref = self.opened[args[0]]
+            try:
+                if command == "close":
+                    ref.close()
+                elif command == "reset":
+                    ref.reset(int(args[1]))
+                else:
+                    ref.send(" ".join(args[1:]).encode(), fin=command == "send-fin")
+            except QuicDistError as exc:
+                say("FAILED", command, args[0], *_error_words(exc))
+            else:
+                say("DONE", command, args[0])
+        elif command == "read":
+            ref = self.opened[args[0]]
+            self.hand_over(ref, self.read_to_end, args[0])
+        elif command == "streams":
+            say("STREAMS", len(self.node.list_streams()))
+        elif command == "rss":
+            say("RSS", rss_kb())
+        else:
+            return False
+        return True
+
+    def hand_over(self, ref: StreamRef, serve, *args: object) -> None:
+        """Serve ``ref`` on a new thread that owns it."""
+        ready = threading.Event()
+
+        def run() -> None:
+            ready.wait()
+            serve(ref, *args)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        ref.controlling_process(thread)
+        ready.set()
+
+    def accept_loop(self, acceptor: Acceptor, k: int, mode: str, extra: list[str]) -> None:
+        while True:
+            try:
+                ref = acceptor.accept()
+            except QuicDistError:
+                return
+            say("ACCEPTED", k, ref.stream_id)
+            self.hand_over(ref, self.serve, mode, extra)
+
+    def serve(self, ref: StreamRef, mode: str, extra: list[str]) -> None:
+        sid = ref.stream_id
+        try:
+            if mode == "echo":
+                total = 0
+                for chunk in ref:
+                    total += len(chunk)
+                    ref.send(chunk)
+                ref.close()
+                say("ECHOED", sid, total)
+            elif mode in ("sha", "stall"):
+                if mode == "stall":
+                    say("STALLED", sid)
+                    self.drain.wait()
+                digest = hashlib.sha256()
+                total = 0
+                for chunk in ref:
+                    total += len(chunk)
+                    digest.update(chunk)
+                ref.send(f"{total} {digest.hexdigest()}".encode(), fin=True)
+                say("SHA", sid, total, digest.hexdigest())
+            elif mode == "reset":
+                ref.recv()
+                ref.reset(int(extra[0]))
+                say("RESET-SENT", sid, int(extra[0]))
+            elif mode == "halfclose":
+                total = sum(len(chunk) for chunk in ref)
+                say("GOT-FIN", sid, total)
+                ref.send(b"bye", fin=True)
+                say("BOTH-FIN", sid, ref.closed)
+            elif mode == "hold":
+                for _ in ref:
+                    pass
+                say("RECV-END", sid)
+        except QuicDistError as exc:
+            say("RECV-ERROR", sid, *_error_words(exc))
+
+    def mailbox_loop(self, mailbox, mode: str) -> None:
+        quiet = mode.endswith("-quiet")
+        echo = mode.startswith("echo")
+        while True:
+            try:
+                message = mailbox.receive()
+            except MailboxClosed:
+                return
+            _, ref, event = message
+            try:
+                if isinstance(event, tuple) and event[0] == "data":
+                    _, data, fin = event
+                    if not quiet:
+                        say("MSG", ref.stream_id, "data", len(data), fin)
+                    if echo:
+                        ref.send(data, fin=fin)
+                elif isinstance(event, tuple):
+                    if not quiet:
+                        say("MSG", ref.stream_id, "reset", event[1])
+                elif not quiet:
+                    say("MSG", ref.stream_id, event)
+            except QuicDistError as exc:
+                say("MSG-ERROR", ref.stream_id, *_error_words(exc))
+
+    def read_to_end(self, ref: StreamRef, label: str) -> None:
+        try:
+            data = b"".join(ref)
+        except QuicDistError as exc:
+            say("READ-ERROR", label, *_error_words(exc))
+        else:
+            say("READ", label, data.decode() or "-", "EOF")
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
 def run(node: Node) -> None:
+    streams = Streams(node)
     armed: dict[str, threading.Event] = {}
     go_at: list[float] = []
     for line in sys.stdin:
@@ -199,7 +402,7 @@ def run(node: Node) -> None:
                 carriers += sum(1 for c in node._all if c.role == "dialer"
                                 and c.connection is not None and c.connection.closed is None)
             say("CONNS", tracked, up, carriers)
-        else:
+        elif not streams.command(command, args):
             say("UNKNOWN", command)
 
 

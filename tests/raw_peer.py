@@ -30,7 +30,14 @@ from typing import Any
 from quicdist import dist
 from quicdist.config import CarrierConfig
 from quicdist.errors import ConnectionClosed, QuicDistTimeoutError
-from quicdist.events import ConnectionTerminated, ControlData, DistFrames
+from quicdist.events import (
+    ConnectionTerminated,
+    ControlData,
+    DistFrames,
+    UserStreamData,
+    UserStreamReset,
+    UserStreamStopped,
+)
 from quicdist.flags import DistFlag
 from quicdist.handshake import Handshake, HandshakeResult
 from quicdist.sync.connection import Connection, connect
@@ -130,6 +137,8 @@ class RawPeer:
         self.frames: list[bytes] = []
         #: Why the connection ended, once it did.
         self.terminated: ConnectionClosed | None = None
+        #: User-stream events (data, resets, stops), in order.
+        self.user_events: list[UserStreamData | UserStreamReset | UserStreamStopped] = []
         self.handshake_result: HandshakeResult | None = None
         self._inbox: list[Received] = []
         self._ids = itertools.count(1)
@@ -245,7 +254,21 @@ class RawPeer:
                     self._inbox.append(Received(payload, None, str(exc)))
         elif isinstance(event, ConnectionTerminated):
             self.terminated = event.error
+        elif isinstance(event, UserStreamData | UserStreamReset | UserStreamStopped):
+            self.user_events.append(event)
         return True
+
+    def expect_user_event(self, match: Callable[[Any], bool], timeout: float = TIMEOUT) -> Any:
+        """The first user-stream event ``match`` accepts (it and those before it are taken)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, event in enumerate(self.user_events):
+                if match(event):
+                    del self.user_events[:index + 1]
+                    return event
+            if self.terminated is not None or not self._pump(deadline):
+                raise AssertionError(f"no matching user-stream event within {timeout} s "
+                                     f"({self.terminated!r}); got {self.user_events!r}")
 
     def expect_received(self, match: Callable[[dist.DistMessage], bool],
                         timeout: float = TIMEOUT) -> Received:

@@ -252,16 +252,113 @@ def test_rex_call_of_an_unregistered_function_is_undef(node, peer, mfa):
     assert reason[0] == EXIT and reason[1][0] == Atom("undef"), value
 
 
-def test_spawn_request_is_refused_cleanly(node, peer):
-    # The node does not offer SPAWN; a peer that sends SPAWN_REQUEST anyway
-    # must get a SPAWN_REPLY with an error atom, not silence.
+def _erpc_call(peer, mfa_args, opts=None):
+    """Send an erpc:call spawn request; return (req_id, caller, res_ref, SpawnReply)."""
+    erl = peer.pid(6)
+    req = peer.ref()
+    res = peer.ref()
+    module, function, args = mfa_args
+    peer.send(dist.SpawnRequest(req, erl, erl, (Atom("erpc"), Atom("execute_call"), 4),
+                                [Atom("monitor")] if opts is None else opts,
+                                [res, Atom(module), Atom(function), args]))
+    reply = peer.expect(lambda m: isinstance(m, dist.SpawnReply))
+    assert reply.req_id == req and reply.to_pid == erl
+    return req, erl, res, reply
+
+
+def _erpc_down(peer, req, erl, spawned):
+    down = peer.expect(lambda m: isinstance(m, dist.MonitorPExit) and m.ref == req)
+    assert down.from_proc == spawned and down.to_pid == erl
+    return down.reason
+
+
+def test_erpc_call_returns_throws_exits_and_errors(node, peer):
+    from quicdist.erpc import ErlangError, ErlangExit, ErlangThrow
+
+    def throw(v):
+        raise ErlangThrow(v)
+
+    def exit_(r):
+        raise ErlangExit(r)
+
+    def error(r):
+        raise ErlangError(r)
+
+    def crash():
+        raise KeyError("missing")
+
+    node.register_module("py", {"add": lambda a, b: a + b, "throw": throw, "exit": exit_,
+                                "error": error, "crash": crash})
+    req, erl, res, reply = _erpc_call(peer, ("py", "add", [40, 2]))
+    assert reply.flags == 2 and isinstance(reply.result, Pid) and reply.result.node == node.name
+    assert _erpc_down(peer, req, erl, reply.result) == (res, Atom("return"), 42)
+    req, erl, res, reply = _erpc_call(peer, ("py", "throw", [Atom("ball")]))
+    assert _erpc_down(peer, req, erl, reply.result) == (res, Atom("throw"), Atom("ball"))
+    req, erl, res, reply = _erpc_call(peer, ("py", "exit", [Atom("bye")]))
+    assert _erpc_down(peer, req, erl, reply.result) == (res, Atom("exit"), Atom("bye"))
+    req, erl, res, reply = _erpc_call(peer, ("py", "error", [Atom("badarith")]))
+    assert _erpc_down(peer, req, erl, reply.result) == (res, Atom("error"), Atom("badarith"),
+                                                        [])
+    req, erl, res, reply = _erpc_call(peer, ("py", "crash", []))
+    reason = _erpc_down(peer, req, erl, reply.result)
+    assert reason[:2] == (res, Atom("error")) and reason[3] == []
+    assert reason[2][:2] == (Atom("python_exception"), Atom("KeyError"))
+
+
+@pytest.mark.parametrize("mfa", [("nomod", "f", []), ("py", "nofun", [1]), ("py", "add", [1])],
+                         ids=["module", "function", "arity"])
+def test_erpc_call_of_an_unregistered_function_is_undef(node, peer, mfa):
+    node.register_module("py", {"add": lambda a, b: a + b})
+    req, erl, res, reply = _erpc_call(peer, mfa)
+    reason = _erpc_down(peer, req, erl, reply.result)
+    module, function, args = mfa
+    assert reason == (res, Atom("error"), Atom("undef"),
+                      [(Atom(module), Atom(function), args, [])])
+
+
+def test_erpc_call_with_an_unencodable_result_is_an_error(node, peer):
+    node.register_module("py", {"obj": lambda: object()})
+    req, erl, res, reply = _erpc_call(peer, ("py", "obj", []))
+    reason = _erpc_down(peer, req, erl, reply.result)
+    assert reason[:2] == (res, Atom("error"))
+    assert reason[2][:2] == (Atom("python_exception"), Atom("EncodeError"))
+
+
+def test_erpc_cast_runs_the_function_without_a_reply(node, peer):
+    got = []
+    done = threading.Event()
+
+    def note(x):
+        got.append(x)
+        done.set()
+
+    node.register_module("py", {"note": note})
+    erl = peer.pid(6)
+    req = peer.ref()
+    peer.send(dist.SpawnRequest(req, erl, erl, (Atom("erpc"), Atom("execute_cast"), 3), [],
+                                [Atom("py"), Atom("note"), [7]]))
+    reply = peer.expect(lambda m: isinstance(m, dist.SpawnReply))
+    assert reply.req_id == req and reply.flags == 0 and isinstance(reply.result, Pid)
+    assert done.wait(10) and got == [7]
+
+
+def test_plain_remote_spawn_is_refused_cleanly(node, peer):
+    # spawn(PyNode, M, F, A) for anything but erpc: nothing runs, the
+    # caller gets a SPAWN_REPLY with the error atom notsup, not silence.
     erl = peer.pid(6)
     ref = peer.ref()
-    peer.send(dist.SpawnRequest(ref, erl, erl, (Atom("erpc"), Atom("execute_call"), 4),
-                                [Atom("monitor")], [peer.ref(), Atom("m"), Atom("f"), []]))
+    peer.send(dist.SpawnRequest(ref, erl, erl, (Atom("os"), Atom("cmd"), 1),
+                                [Atom("monitor")], [[104, 105]]))
     reply = peer.expect(lambda m: isinstance(m, dist.SpawnReply))
     assert reply.req_id == ref and reply.to_pid == erl
-    assert isinstance(reply.result, Atom), reply
+    assert reply.result == Atom("notsup") and reply.flags == 0
+
+
+def test_features_reply_names_erpc(node, peer):
+    erl = peer.pid(7)
+    peer.send(dist.RegSend(erl, Atom("rex"), (erl, Atom("features_request"))))
+    reply = peer.expect(lambda m: isinstance(m, dist.Send) and m.to_pid == erl)
+    assert reply.message == (Atom("features_reply"), Atom(node.name), [Atom("erpc")])
 
 
 # ------------------------------------------------------------ links & exits
