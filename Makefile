@@ -2,10 +2,12 @@
 #   make demo   run the demo
 #   make test   run the whole test suite, on the Cython fast path and then on
 #               the pure-Python twin (plus ruff)
-#   make bench  print the benchmarks as JSON (term codec, framing, carrier)
+#   make bench  print the benchmarks as JSON (term codec, framing, carrier, node,
+#               user streams, Python <-> Erlang interop)
 #   make fuzz   long fuzz run of the fast decoder (>= 1 million inputs)
-#   make soak   the carrier's loss, process and socket tests many times over, and
-#               the differential / state-machine tests with many more examples
+#   make soak   the carrier's loss, process and socket tests and the user-stream
+#               tests many times over (plus a 1 GiB stream transfer), and the
+#               differential / state-machine tests with many more examples
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,7 +32,8 @@ $(STAMP): $(PY) pyproject.toml setup.py constraints.txt $(wildcard quicdist/*.py
 
 build: $(STAMP)
 
-# Debian's erlang-nox (OTP 25) for the golden-vector and interop tests.
+# Debian's erlang-nox (OTP 25) for the golden-vector and interop tests and the
+# interop benchmark.
 erlang:
 	@if ! command -v erl >/dev/null 2>&1 || ! command -v erlc >/dev/null 2>&1; then \
 	  echo "installing erlang-nox (OTP) for the interop tests"; \
@@ -55,12 +58,14 @@ test: lint test-fast test-pure
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) erlang
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) -m bench etf
 	$(PY) -m bench framing
 	$(PY) -m bench carrier
 	$(PY) -m bench node
+	$(PY) -m bench streams
+	$(PY) -m bench interop
 
 fuzz: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[fuzz]'
@@ -70,10 +75,12 @@ SOAK_ROUNDS ?= 20
 soak: $(STAMP)
 	QUICDIST_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -o faulthandler_timeout=0 --timeout=0 \
 	  tests/test_fastpath_equivalence.py tests/test_framing.py tests/test_scheduler.py
+	QUICDIST_SOAK=1 $(PY) -m pytest -q -p no:randomly -m soak tests/test_streams_process.py
 	for i in $$(seq $(SOAK_ROUNDS)); do \
 	  echo "soak round $$i/$(SOAK_ROUNDS)"; \
 	  $(PY) -m pytest -q -x -p no:randomly tests/test_carrier.py tests/test_carrier_loss.py \
-	    tests/test_carrier_process.py tests/test_carrier_control.py tests/test_wakeup.py || exit 1; \
+	    tests/test_carrier_process.py tests/test_carrier_control.py tests/test_wakeup.py \
+	    tests/test_streams.py tests/test_streams_process.py || exit 1; \
 	done
 
 clean:

@@ -1,5 +1,5 @@
-"""``python -m bench SUITE [--quick] [--impl ...]``: ``etf``, ``framing``, ``dist``, ``carrier``
-or ``node``.
+"""``python -m bench SUITE [--quick] [--impl ...]``: ``etf``, ``framing``, ``dist``, ``carrier``,
+``node``, ``streams`` or ``interop``.
 
 ``etf``: the term codec, quicdist's two paths against other Python ETF
 codecs (``--impl cython|python|all|ID,ID...``). ``framing``: distribution
@@ -11,7 +11,13 @@ paths side by side (``--impl cython|python|all``). ``carrier``: the QUIC carrier
 plain aioquic asyncio baseline, each server in its own process
 (``--impl quicdist|aioquic|all``). ``node``: two distribution nodes over
 loopback, the peer in its own process (message throughput both ways,
-mailbox / ping / rpc round trips, connection setup).
+mailbox / ping / rpc round trips, connection setup). ``streams``: user streams
+between two nodes, the peer in its own process (one-stream bulk next to the
+plain-aioquic baseline, 16 parallel streams, open-to-first-byte, urgent-stream
+round trips idle and under bulk load). ``interop``: a quicdist node and two
+``erl`` nodes over TCP distribution (Python <-> Erlang message throughput and
+ping-pong round trips next to Erlang <-> Erlang, in the same run; needs erl,
+erlc and epmd).
 
 Prints one JSON document to stdout (progress goes to stderr when it is a
 terminal). Exit status 1 only when a quicdist path gives a wrong answer;
@@ -25,7 +31,7 @@ import functools
 import json
 import sys
 
-from . import carrier, dist, etf, framing, node
+from . import carrier, dist, etf, framing, interop, node, streams
 
 
 def _impls(text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
@@ -76,8 +82,25 @@ def main(argv: list[str] | None = None) -> int:
                        description=node.__doc__.splitlines()[0] if node.__doc__ else None)
     node.add_arguments(p)
     p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
+    p = sub.add_parser("streams", help="user streams between two nodes over loopback",
+                       description=streams.__doc__.splitlines()[0] if streams.__doc__ else None)
+    streams.add_arguments(p)
+    p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
+    p = sub.add_parser("interop", help="Python <-> Erlang over TCP next to Erlang <-> Erlang",
+                       description=interop.__doc__.splitlines()[0] if interop.__doc__ else None)
+    interop.add_arguments(p)
+    p.add_argument("--indent", type=int, default=2, help="JSON indent (default 2)")
     args = parser.parse_args(argv)
 
+    if args.suite == "streams":
+        doc = streams.run(quick=args.quick, settings=streams.settings_from_args(args),
+                          progress=sys.stderr.isatty())
+        return _emit(doc, args.indent)
+
+    if args.suite == "interop":
+        doc = interop.run(quick=args.quick, settings=interop.settings_from_args(args),
+                          progress=sys.stderr.isatty())
+        return _emit(doc, args.indent)
     if args.suite == "node":
         doc = node.run(quick=args.quick, settings=node.settings_from_args(args),
                        progress=sys.stderr.isatty())

@@ -17,7 +17,7 @@ from bench import etf
 collect_ignore: list[str] = []
 if importlib.util.find_spec("pytest_benchmark") is None:
     collect_ignore.extend(["test_bench_etf.py", "test_bench_carrier.py",
-                           "test_bench_node.py"])
+                           "test_bench_node.py", "test_bench_streams.py"])
 
 
 def pytest_report_header(config):

@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.otp import NEEDS_ERL
+
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {"a_control", "b_mixed", "c_binary_1mib", "d_int_list", "d2_byte_list"}
@@ -215,3 +219,83 @@ def test_bench_node_quick_prints_complete_json():
     setup = doc["connection_setup"]
     for key in ("count", "median_ms", "min_ms", "first_connect_ms"):
         assert _number(setup[key]), (key, setup)
+
+
+INTEROP_DIRECTIONS = {"python_to_erlang", "erlang_to_erlang", "erlang_to_python"}
+
+
+@pytest.mark.erl
+@NEEDS_ERL
+def test_bench_interop_quick_prints_complete_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "interop", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    # Exit 1 means `errors` is not empty: a lost, reordered or damaged
+    # message, a wrong echo, or a run that could not complete.
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["benchmark"] == "interop"
+    assert doc["errors"] == []
+    for key in ("python", "cpu_count", "git_head", "compiled_module_available",
+                "quicdist_using_extension"):
+        assert key in doc["environment"]
+    assert doc["erlang"]["otp_release"] and doc["erlang"]["erts_version"]
+    assert doc["settings"]["quick"] is True
+
+    assert set(doc["throughput"]) == INTEROP_DIRECTIONS
+    for direction, cases in doc["throughput"].items():
+        assert set(cases) == {"small", "binary_1kib"}, direction
+        for case, cell in cases.items():
+            for key in ("messages", "msgs_per_s", "mb_per_s", "term_bytes_per_message"):
+                assert _number(cell[key]), (direction, case, key, cell)
+        assert cases["small"]["messages"] == doc["settings"]["small_messages"]
+
+    assert set(doc["latency"]) == {"python_erlang", "erlang_python", "erlang_erlang"}
+    for kind, cell in doc["latency"].items():
+        for key in ("count", "p50_us", "p90_us", "p99_us"):
+            assert _number(cell[key]), (kind, key, cell)
+        assert cell["p50_us"] <= cell["p90_us"] <= cell["p99_us"], (kind, cell)
+
+    for key, value in doc["ratios"].items():
+        assert _number(value), (key, value)
+    [target] = doc["targets"]
+    assert target["value"] == doc["ratios"]["small.python_to_erlang_over_erlang_to_erlang"]
+    assert target["met"] in (True, False)
+
+
+def test_bench_streams_quick_prints_complete_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "streams", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+    )
+    # Exit 1 means `errors` is not empty: damaged or lost stream bytes, a
+    # wrong echo, or a run that could not complete (the baselines included).
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["benchmark"] == "streams"
+    assert doc["errors"] == []
+    for key in ("python", "cpu_count", "git_head", "compiled_module_available",
+                "quicdist_using_extension", "aioquic_version"):
+        assert key in doc["environment"]
+    assert doc["settings"]["quick"] is True
+    assert isinstance(doc["peer"]["compiled_extension_used"], bool)
+
+    parallel = f"parallel_{doc['settings']['parallel_streams']}"
+    assert set(doc["bulk"]) == {"one_stream", parallel, "aioquic_baseline", "quicdist_carrier"}
+    for key, cell in doc["bulk"].items():
+        assert _number(cell["mb_per_s"]), (key, cell)
+        assert cell["bytes"] == doc["settings"]["bulk_bytes"], (key, cell)
+    assert doc["bulk"][parallel]["streams"] == doc["settings"]["parallel_streams"]
+
+    assert set(doc["latency"]) == {"open_to_first_byte", "urgent_rtt_idle",
+                                   "urgent_rtt_under_bulk"}
+    for kind, cell in doc["latency"].items():
+        for key in ("count", "p50_us", "p90_us", "p99_us"):
+            assert _number(cell[key]), (kind, key, cell)
+        assert cell["p50_us"] <= cell["p90_us"] <= cell["p99_us"], (kind, cell)
+    assert _number(doc["latency"]["urgent_rtt_under_bulk"]["bulk_bytes_checked"])
+
+    assert len(doc["targets"]) == 2
+    for target in doc["targets"]:
+        assert target["met"] in (True, False), target
