@@ -144,7 +144,7 @@ class _Conn:
         self.cancelled = False
         self.error: BaseException | None = None
         self.result: HandshakeResult | None = None
-        self.early: list[DistFrames] = []
+        self.early: list[CarrierEvent] = []
         self.early_bytes = 0
         #: the name a dialer gave in its send_name (for logs; not yet proven)
         self.claimed_name: str | None = None
@@ -638,6 +638,13 @@ class Node:
                     # this peer has not proved it knows the cookie.
                     self._fail_and_close(c, HandshakeError(
                         "distribution messages before the handshake completed", "early"))
+            elif (isinstance(event, UserStreamData | UserStreamReset | UserStreamStopped)
+                  and c.role == "dialer" and c.state == "handshaking"
+                  and c.early_bytes + len(getattr(event, "data", b"")) <= _MAX_EARLY_BYTES):
+                # A stream the listener opened right after its challenge_ack
+                # may overtake the ack (a lost packet): keep it until then.
+                c.early.append(event)
+                c.early_bytes += len(getattr(event, "data", b""))
             elif isinstance(event, ControlData):
                 self._control(c, event.data)
             elif isinstance(event, HandshakeCompleted):
@@ -730,8 +737,11 @@ class Node:
             return
         logger.info("%s: node %s up (%s)", self.name, name, c.role)
         early, c.early = c.early, []
-        for frames in early:
-            self._dist_frames(c, frames)
+        for held in early:  # in the order they arrived
+            if isinstance(held, DistFrames):
+                self._dist_frames(c, held)
+            else:
+                self._user_stream_event(c, held)
 
     def _terminated(self, c: _Conn, error: ConnectionClosed) -> None:
         if c.handshake is not None and c.state in ("handshaking", "connecting"):

@@ -1010,3 +1010,59 @@ def test_node_dialing_a_hostile_listener_fails_cleanly(wire_certs, raw_listener,
         warnings = [r.getMessage() for r in caplog.records
                     if r.name == LOGGER and r.levelno >= logging.WARNING]
         assert any(target in m for m in warnings), warnings
+
+
+def test_stream_and_message_that_overtake_the_challenge_ack_are_kept(wire_certs,
+                                                                      raw_listener):
+    """A listener may open a stream and send a message right after its
+    challenge_ack, on other streams; if they arrive first (a lost packet),
+    the dialing node keeps them until the ack instead of refusing them."""
+    from quicdist.events import ControlData
+    from quicdist.handshake import Handshake
+
+    target = "x@127.0.0.1"
+    node = make_node(wire_certs, nodes={target: ("127.0.0.1", raw_listener.port)})
+    acceptor = node.accept_streams(target)
+    box = node.mailbox("box")
+    results: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: results.setdefault("ok", node.connect(target)),
+                              name="node-dial", daemon=True)
+    try:
+        thread.start()
+        connection, send_name = _accept_send_name(raw_listener)
+        hs = Handshake("listener", node_name=target, cookie=COOKIE, creation=7)
+        for message in hs.receive(send_name):
+            connection.send_control(message)
+        deadline = time.monotonic() + TIMEOUT
+        ack: list[bytes] = []
+        while not ack:
+            event = connection.next_event(max(deadline - time.monotonic(), 0.01))
+            if isinstance(event, ControlData):
+                ack = hs.receive(event.data)
+        assert hs.done
+        # Before the ack: a user stream with data and FIN, and a message.
+        _, outbox = connection.open_stream(priority=64)
+        outbox.write(b"before the ack", fin=True, timeout=TIMEOUT)
+        sender = Pid(target, 1, 0, 7)
+        connection.send_dist(dist.encode_message(dist.RegSend(sender, Atom("box"),
+                                                              Atom("early"))))
+        # Both reach the node before the ack (no event says so: poll, bounded).
+        dialing = node._dialing[target]
+        limit = time.monotonic() + TIMEOUT
+        def kinds() -> set[str]:
+            return {type(e).__name__ for e in list(dialing.early)}
+
+        while not {"DistFrames", "UserStreamData"} <= kinds() and time.monotonic() < limit:
+            threading.Event().wait(0.01)
+        seen = kinds()
+        assert {"DistFrames", "UserStreamData"} <= seen, seen
+        for message in ack:
+            connection.send_control(message)
+        thread.join(TIMEOUT)
+        assert results.get("ok") is True
+        assert box.receive(TIMEOUT) == Atom("early")
+        stream = acceptor.accept(timeout=TIMEOUT)
+        assert b"".join(stream) == b"before the ack"
+    finally:
+        node.stop()
+        thread.join(TIMEOUT)
