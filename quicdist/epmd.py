@@ -303,6 +303,24 @@ class EpmdRegistration:
     def closed(self) -> bool:
         return self._sock is None
 
+    def alive(self) -> bool:
+        """Whether epmd still holds the connection (False once it closed it,
+        e.g. because epmd was restarted: the name is then unregistered).
+
+        Never blocks: a non-blocking peek at the socket.
+        """
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                return False
+            try:
+                data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return True  # nothing to read: the connection is open
+            except OSError:
+                return False
+            return bool(data)  # b"": epmd closed it
+
     def close(self) -> None:
         """Unregister: close the connection to epmd."""
         with self._lock:

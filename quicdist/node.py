@@ -281,6 +281,7 @@ class Node:
         self._tls: TLSConfig | None = None
         self._tcp: TcpConfig | None = None
         self._epmd: EpmdRegistration | None = None
+        self._epmd_retry = 0.0
         if isinstance(config, TcpConfig):
             if certfile or keyfile or cafile or verify != "verify_none":
                 raise ConfigurationError(
@@ -373,9 +374,7 @@ class Node:
                                              on_event=self._listener_event, name=self.name)
                 if self._tcp.epmd:
                     try:
-                        self._epmd = EpmdClient(
-                            port=self._tcp.epmd_port, timeout=self._tcp.epmd_timeout,
-                        ).register(self.name.partition("@")[0], self._listener.port)
+                        self._epmd = self._epmd_register()
                     except BaseException:
                         self._listener.stop()
                         self._listener = None
@@ -846,8 +845,34 @@ class Node:
             except Exception:
                 logger.exception("ticker of %s failed", self.name)
 
+    def _epmd_register(self) -> EpmdRegistration:
+        assert self._tcp is not None and self._listener is not None
+        return EpmdClient(port=self._tcp.epmd_port, timeout=self._tcp.epmd_timeout,
+                          ).register(self.name.partition("@")[0], self._listener.port)
+
+    def _check_epmd(self, now: float) -> None:
+        """Register again when epmd dropped our registration (it was restarted)."""
+        registration = self._epmd
+        if registration is None or registration.alive() or now < self._epmd_retry:
+            return
+        registration.close()
+        try:
+            fresh = self._epmd_register()
+        except (QuicDistError, OSError) as exc:
+            self._epmd_retry = now + 5.0
+            logger.warning("%s: epmd dropped our registration and registering again "
+                           "failed (retrying in 5 s): %s", self.name, exc)
+            return
+        with self._lock:
+            if self._state != "running":
+                fresh.close()
+                return
+            self._epmd = fresh
+        logger.warning("%s: epmd dropped our registration; registered again", self.name)
+
     def _tick(self, now: float) -> None:
         self._streams.tick()  # streams whose owner thread ended are reset
+        self._check_epmd(now)
         with self._lock:
             conns = list(self._all)
         tick_every = self.net_ticktime / 4

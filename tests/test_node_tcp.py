@@ -400,3 +400,71 @@ def round_trip_erl(me: Mailbox, erl_name: str) -> None:
     """An echo there and back: the monitor sent before it reached Erlang."""
     me.send(("echo", erl_name), (me.pid, "sync"))
     assert me.receive(TIMEOUT) == (Atom("echoed"), Atom(erl_name), b"sync")
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.erl
+@NEEDS_ERL
+def test_node_registers_again_when_epmd_restarts() -> None:
+    """epmd forgets every name when it restarts; the node notices (its
+    registration connection closes) and registers again."""
+    import shutil
+    import subprocess
+    import time
+
+    port = _free_tcp_port()
+    epmd_bin = shutil.which("epmd")
+    assert epmd_bin is not None
+
+    def start_epmd() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([epmd_bin, "-port", str(port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        client = EpmdClient(port=port, timeout=1.0)
+        deadline = time.monotonic() + 10
+        while True:  # no event says "epmd listens": poll, bounded
+            try:
+                client.names()
+                return proc
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    raise
+                threading.Event().wait(0.05)
+
+    def registered(alive: str, within: float) -> bool:
+        client = EpmdClient(port=port, timeout=1.0)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                if alive in {name for name, _ in client.names()}:
+                    return True
+            except Exception:
+                pass
+            threading.Event().wait(0.05)
+        return False
+
+    first = start_epmd()
+    second = None
+    alive = unique("reg")
+    node = Node(f"{alive}@127.0.0.1", cookie="c", host="127.0.0.1",
+                carrier=TcpConfig(epmd_port=port))
+    try:
+        node.start()
+        assert registered(alive, 5)
+        first.kill()
+        first.wait(10)
+        second = start_epmd()
+        assert registered(alive, 10), "the node did not register again"
+        entry = EpmdClient(port=port, timeout=1.0).port_please(alive)
+        assert entry.port == node.port
+    finally:
+        node.stop()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
