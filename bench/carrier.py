@@ -45,26 +45,36 @@ import argparse
 import asyncio
 import hashlib
 import importlib.metadata
-import json
-import math
 import os
-import selectors
 import shutil
 import ssl
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+from ._common import (
+    ROOT,  # noqa: F401 - bench.carrier.ROOT, as before
+    BenchFailure,
+    ChildProcess,
+    CorrectnessError,
+    _announce,
+    _describe,
+    _exit_when_parent_goes,
+    _positive,
+    _round,
+    _rtt_summary,
+    add_timeout_argument,
+    base_environment,
+    override,
+    progress_printer,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+
 MiB = 1 << 20
 MB = 1_000_000
 
@@ -121,14 +131,6 @@ class Settings:
 DEFAULT = Settings()
 QUICK = Settings(bulk_bytes=1 * MiB, rtt_count=100, rtt_warmup=10, frames=5000, repeats=1,
                  timeout=10.0, server_lifetime=120.0)
-
-
-class CorrectnessError(AssertionError):
-    """The data that arrived is not the data that was sent: a bug, never an outcome."""
-
-
-class BenchFailure(Exception):
-    """A run could not complete (timeout, closed connection, server died)."""
 
 
 # ---------------------------------------------------------------------------
@@ -199,33 +201,6 @@ def make_certs(directory: str) -> CertFiles:
 
 # ---------------------------------------------------------------------------
 # Server processes
-
-
-def _exit_when_parent_goes(lifetime: float) -> None:
-    """Exit as soon as stdin closes (the benchmark ended or died), or after ``lifetime``."""
-    def watch_stdin() -> None:
-        # os.read on the descriptor, not sys.stdin: a daemon thread blocked
-        # inside a buffered reader makes interpreter shutdown abort.
-        try:
-            while os.read(0, 4096):
-                pass
-        except OSError:
-            pass
-        os._exit(0)
-
-    threading.Thread(target=watch_stdin, name="bench-parent-watch", daemon=True).start()
-    timer = threading.Timer(lifetime, lambda: os._exit(3))
-    timer.daemon = True
-    timer.start()
-
-
-def _announce(**ports: int) -> None:
-    from quicdist import _accel
-
-    line = json.dumps({"ready": True, **ports, "pid": os.getpid(),
-                       "compiled_extension_used": _accel.USING_EXTENSION})
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def quicdist_config(datagram_size: int, pmtud: bool | None) -> Any:
@@ -501,57 +476,31 @@ class Configuration:
     baseline: str | None = None
 
 
-class ServerProcess:
+class ServerProcess(ChildProcess):
     """A server in its own process; always ended by :meth:`stop` (use ``with``)."""
+
+    who = "server"
 
     def __init__(self, impl: str, configuration: Configuration, certs: CertFiles,
                  workdir: str, lifetime: float) -> None:
         self.impl = impl
         self.datagram_size = configuration.datagram_size
         pmtud = {True: "on", False: "off", None: "default"}[configuration.pmtud]
-        self._stderr_path = os.path.join(workdir, f"server-{impl}-{configuration.id}.stderr")
-        self._stderr = open(self._stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.carrier", "serve", impl,
-                 "--datagram-size", str(self.datagram_size), "--pmtud", pmtud,
-                 "--lifetime", str(lifetime), *certs.as_args()],
-                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._stderr)
-        except BaseException:
-            self._stderr.close()
-            raise
+        self._spawn(["bench.carrier", "serve", impl,
+                     "--datagram-size", str(self.datagram_size), "--pmtud", pmtud,
+                     "--lifetime", str(lifetime), *certs.as_args()],
+                    os.path.join(workdir, f"server-{impl}-{configuration.id}.stderr"))
         self.port = 0
         self.callback_port: int | None = None
-        self.pid = self.proc.pid
         self.compiled_extension_used: bool | None = None
 
     def wait_ready(self, timeout: float) -> None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchFailure(f"{self.impl} server did not start within {timeout} s"
-                                       f"{self.stderr_tail()}")  # still running: say why
-                if sel.select(left):
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        try:
-                            status = self.proc.wait(timeout=2.0)
-                        except subprocess.TimeoutExpired:
-                            status = None
-                        raise BenchFailure(f"{self.impl} server exited before it was ready"
-                                           + ("" if status is not None else " (no status)"))
-                    buf += chunk
-        info = json.loads(buf.split(b"\n", 1)[0])
+        info = self._read_ready(
+            timeout,
+            lambda: BenchFailure(f"{self.impl} server did not start within {timeout} s"
+                                 f"{self.stderr_tail()}"),  # still running: say why
+            lambda status: BenchFailure(f"{self.impl} server exited before it was ready"
+                                        + ("" if status is not None else " (no status)")))
         self.port = int(info["port"])
         self.callback_port = info.get("callback_port")
         self.compiled_extension_used = info.get("compiled_extension_used")
@@ -559,65 +508,9 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stderr_tail(self, limit: int = 600) -> str:
-        try:
-            self._stderr.flush()
-            with open(self._stderr_path, "rb") as f:
-                text = f.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-        return f"; server stderr: {text[-limit:]}" if text else ""
-
-    def stop(self) -> None:
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()  # the server exits when its stdin closes
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5.0)
-        finally:
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-            self._stderr.close()
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
 
 # ---------------------------------------------------------------------------
 # Statistics
-
-
-def _round(value: float, digits: int = 4) -> float:
-    return float(f"{value:.{digits}g}")
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values (q in 0..100)."""
-    if not sorted_values:
-        raise ValueError("no values")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def _rtt_summary(samples: list[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-    return {
-        "count": len(ordered),
-        "p50_us": _round(percentile(ordered, 50)),
-        "p90_us": _round(percentile(ordered, 90)),
-        "p99_us": _round(percentile(ordered, 99)),
-        "min_us": _round(ordered[0]),
-        "mean_us": _round(statistics.fmean(ordered)),
-        "max_us": _round(ordered[-1]),
-    }
 
 
 def _throughput_result(runs: list[dict[str, Any]], key: str, per_cpu_key: str, amount: float,
@@ -930,10 +823,6 @@ class AioquicClient:
 # One (implementation, configuration)
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 class _Recorder:
     """Collects one (implementation, configuration)'s results and its errors."""
 
@@ -1084,10 +973,7 @@ def _read_int(path: str) -> int | None:
 def environment() -> dict[str, Any]:
     from quicdist import _accel
 
-    from . import etf
-
-    env = etf.environment()
-    env.pop("alternatives", None)
+    env = base_environment()
     try:
         aioquic_version: str | None = importlib.metadata.version("aioquic")
     except importlib.metadata.PackageNotFoundError:
@@ -1143,11 +1029,7 @@ def run(impl_ids: tuple[str, ...] = IMPL_IDS, quick: bool = False,
         settings: Settings | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the benchmark and return the JSON document (see bench/README.md)."""
     settings = settings or (QUICK if quick else DEFAULT)
-
-    def say(text: str) -> None:
-        if progress:
-            print(text, file=sys.stderr, flush=True)
-
+    say = progress_printer(progress)
     errors: list[str] = []
     columns: dict[str, Any] = {}
     started = time.monotonic()
@@ -1286,27 +1168,16 @@ def _targets(columns: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    base = QUICK if args.quick else DEFAULT
     changes: dict[str, Any] = {}
-    if args.repeats is not None:
-        changes["repeats"] = args.repeats
     if args.bulk_mib is not None:
         changes["bulk_bytes"] = int(args.bulk_mib * MiB)
-    if args.rtt_count is not None:
-        changes["rtt_count"] = args.rtt_count
-    if args.frames is not None:
-        changes["frames"] = args.frames
-    if args.datagram_sizes is not None:
-        changes["datagram_sizes"] = args.datagram_sizes
-    if args.scenarios is not None:
-        changes["scenarios"] = args.scenarios
-    if args.timeout is not None:
-        changes["timeout"] = args.timeout
     if args.no_pmtud_config:
         changes["pmtud_config"] = False
-    if args.server_on_event is not None:
-        changes["on_event_scenarios"] = args.server_on_event
-    return replace(base, **changes)
+    return override(QUICK if args.quick else DEFAULT, args,
+                    (("repeats", "repeats"), ("rtt_count", "rtt_count"), ("frames", "frames"),
+                     ("datagram_sizes", "datagram_sizes"), ("scenarios", "scenarios"),
+                     ("timeout", "timeout"), ("server_on_event", "on_event_scenarios")),
+                    **changes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1328,17 +1199,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 + ", ".join(SCENARIOS))
         return values
 
-    def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-        def parse(text: str) -> Any:
-            try:
-                value = kind(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-            if value <= 0:
-                raise argparse.ArgumentTypeError("must be > 0")
-            return value
-        return parse
-
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, one repeat (smoke runs, noisy numbers)")
     parser.add_argument("--scenarios", type=scenarios, default=None, metavar="LIST",
@@ -1350,16 +1210,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-on-event", type=scenarios, default=None, metavar="LIST",
                         help="scenarios also run against a quicdist server that answers in "
                         "on_event, on its I/O thread (default: rtt)")
-    parser.add_argument("--repeats", type=positive(int), default=None,
+    parser.add_argument("--repeats", type=_positive(int), default=None,
                         help="runs of bulk and frames per configuration (default 3)")
-    parser.add_argument("--bulk-mib", type=positive(float), default=None,
+    parser.add_argument("--bulk-mib", type=_positive(float), default=None,
                         help="bulk transfer size in MiB (default 64)")
-    parser.add_argument("--rtt-count", type=positive(int), default=None,
+    parser.add_argument("--rtt-count", type=_positive(int), default=None,
                         help="round trips measured (default 5000)")
-    parser.add_argument("--frames", type=positive(int), default=None,
+    parser.add_argument("--frames", type=_positive(int), default=None,
                         help="40-byte frames per run (default 200000)")
-    parser.add_argument("--timeout", type=positive(float), default=None,
-                        help="seconds one run of one scenario may take (default 120)")
+    add_timeout_argument(parser)
 
 
 if __name__ == "__main__":

@@ -46,18 +46,31 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import quicdist
 from quicdist import Atom, Mailbox, Node
 from quicdist.errors import MailboxClosed, QuicDistTimeoutError
 
-from .carrier import _round, _rtt_summary
+from ._common import (
+    ROOT,
+    BenchFailure,
+    CorrectnessError,
+    _Deadline,
+    _describe,
+    _payload,
+    _positive,
+    _round,
+    _rtt_summary,
+    _term_bytes,
+    add_message_arguments,
+    add_timeout_argument,
+    node_environment,
+    override,
+    progress_printer,
+)
 
 
-ROOT = Path(__file__).resolve().parent.parent
 HELPER = ROOT / "tests" / "erl" / "quicdist_interop.erl"
 HOST = "127.0.0.1"
 MB = 1_000_000
@@ -88,22 +101,6 @@ class Settings:
 DEFAULT = Settings()
 QUICK = Settings(small_messages=5000, binary_messages=2000, repeats=1, rtt_count=200,
                  rtt_warmup=20, timeout=30.0, erl_lifetime=180.0)
-
-
-class CorrectnessError(AssertionError):
-    """What arrived is not what was sent: a bug, never an outcome."""
-
-
-class BenchFailure(Exception):
-    """A run could not complete (timeout, node down, erl died)."""
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _payload(size: int) -> bytes:
-    return b"x" * size
 
 
 # ---------------------------------------------------------------------------
@@ -207,18 +204,6 @@ class ErlProcess:
         self._reader.join(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def left(self, what: str) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise BenchFailure(f"{what}: not done within {self.seconds} s")
-        return left
 
 
 class Control:
@@ -334,13 +319,6 @@ def erlang_to_python(node: Node, ctl: Control, sender: str, n: int, size: int, r
             "python_cpu_s": cpu}
 
 
-def _term_bytes(n: int, size: int) -> int:
-    """ETF bytes of the N messages {msg, I, <<Size bytes>>}, I = 0..N-1 (exact)."""
-    small = len(quicdist.encode((MSG, 0, _payload(size))))
-    large = len(quicdist.encode((MSG, 256, _payload(size))))
-    return small * min(n, 256) + large * max(0, n - 256)
-
-
 def _throughput(runs: list[dict[str, Any]], n: int, size: int, how: str) -> dict[str, Any]:
     rates = [n / r["seconds"] for r in runs]
     median = statistics.median(rates)
@@ -419,13 +397,7 @@ def _echo_loop(box: Mailbox) -> None:
 # The whole run
 
 
-def environment() -> dict[str, Any]:
-    from . import etf
-
-    env = etf.environment()
-    env.pop("alternatives", None)
-    env["quicdist_using_extension"] = quicdist.USING_EXTENSION
-    return env
+environment = node_environment
 
 
 def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
@@ -439,10 +411,7 @@ def run(quick: bool = False, settings: Settings | None = None,
         progress: bool = False) -> dict[str, Any]:
     """Run the benchmark and return the JSON document (see bench/README.md)."""
     settings = settings or (QUICK if quick else DEFAULT)
-
-    def say(text: str) -> None:
-        if progress:
-            print(f"interop {text}", file=sys.stderr, flush=True)
+    say = progress_printer(progress, "interop ")
 
     errors: list[str] = []
     throughput: dict[str, dict[str, Any]] = {
@@ -610,40 +579,17 @@ def run(quick: bool = False, settings: Settings | None = None,
 # CLI helpers used by bench/__main__.py
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError("must be > 0")
-        return value
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="small counts, one repeat (smoke runs, noisy numbers)")
-    parser.add_argument("--messages", type=_positive(int), default=None,
-                        help="small messages per throughput run (default 200000)")
-    parser.add_argument("--binary-messages", type=_positive(int), default=None,
-                        help="1 KiB messages per throughput run (default 50000)")
+    add_message_arguments(parser)
     parser.add_argument("--repeats", type=_positive(int), default=None,
                         help="throughput runs per case and direction (default 3)")
     parser.add_argument("--rtt-count", type=_positive(int), default=None,
                         help="round trips measured per pair (default 2000)")
-    parser.add_argument("--timeout", type=_positive(float), default=None,
-                        help="seconds one run of one scenario may take (default 120)")
+    add_timeout_argument(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    base = QUICK if args.quick else DEFAULT
-    changes: dict[str, Any] = {}
-    for attr, field in (("messages", "small_messages"), ("binary_messages", "binary_messages"),
-                        ("repeats", "repeats"), ("rtt_count", "rtt_count"),
-                        ("timeout", "timeout")):
-        value = getattr(args, attr)
-        if value is not None:
-            changes[field] = value
-    return replace(base, **changes)
+    return override(QUICK if args.quick else DEFAULT, args,
+                    (("messages", "small_messages"), ("binary_messages", "binary_messages"),
+                     ("repeats", "repeats"), ("rtt_count", "rtt_count"),
+                     ("timeout", "timeout")))

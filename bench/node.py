@@ -37,29 +37,44 @@ on its own when this process goes away (its stdin closes), and after
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import selectors
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import quicdist
 from quicdist import Atom, Node
 from quicdist.errors import DiscoveryError, MailboxClosed, QuicDistTimeoutError
 
-from .carrier import _exit_when_parent_goes, _round, _rtt_summary
+from ._common import (
+    ROOT,  # noqa: F401 - bench.node.ROOT, as before
+    BenchFailure,
+    ChildProcess,
+    CorrectnessError,
+    _announce,
+    _Deadline,
+    _describe,
+    _exit_when_parent_goes,
+    _payload,
+    _positive,
+    _round,
+    _rtt_summary,
+    _term_bytes,
+    add_message_arguments,
+    add_timeout_argument,
+    node_environment,
+    override,
+    peer_server_parser,
+    progress_printer,
+)
 
 
-ROOT = Path(__file__).resolve().parent.parent
 MB = 1_000_000
 HOST = "127.0.0.1"
 LOCAL_NAME = "bench@127.0.0.1"
@@ -100,22 +115,6 @@ DEFAULT = Settings()
 QUICK = Settings(small_messages=5000, binary_messages=2000, repeats=1, rtt_count=200,
                  rtt_warmup=20, ping_count=50, rpc_count=50, call_warmup=5, connects=3,
                  timeout=20.0, peer_lifetime=120.0)
-
-
-class CorrectnessError(AssertionError):
-    """What arrived is not what was sent: a bug, never an outcome."""
-
-
-class BenchFailure(Exception):
-    """A run could not complete (timeout, node down, peer died)."""
-
-
-def _payload(size: int) -> bytes:
-    return b"x" * size
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------
@@ -207,16 +206,8 @@ def _node(name: str, args: argparse.Namespace, port: int, **kw: Any) -> Node:
 
 def server_main(argv: list[str] | None = None) -> int:
     """Entry point of the peer process: ``python -m bench.node serve ...``."""
-    parser = argparse.ArgumentParser(prog="python -m bench.node serve")
-    parser.add_argument("--ca", required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--local-port", type=int, required=True,
-                        help=f"the UDP port of {LOCAL_NAME} (the measuring node)")
-    parser.add_argument("--fresh", type=int, default=0,
-                        help="extra idle nodes fresh0..freshN-1 (connection setup)")
-    parser.add_argument("--send-timeout", type=float, default=DEFAULT.timeout)
-    parser.add_argument("--lifetime", type=float, default=DEFAULT.peer_lifetime)
+    parser = peer_server_parser("python -m bench.node serve", LOCAL_NAME, DEFAULT.timeout,
+                                DEFAULT.peer_lifetime)
     args = parser.parse_args(argv)
     _exit_when_parent_goes(args.lifetime)
     nodes: list[Node] = []
@@ -234,11 +225,7 @@ def server_main(argv: list[str] | None = None) -> int:
             node = _node(f"fresh{i}@{HOST}", args, 0, nodes=table).start()
             nodes.append(node)
             fresh.append(node.port)
-        line = json.dumps({"ready": True, "port": peer.port, "fresh_ports": fresh,
-                           "pid": os.getpid(),
-                           "compiled_extension_used": quicdist.USING_EXTENSION})
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        _announce(port=peer.port, fresh_ports=fresh)
         threading.Event().wait()  # until the parent closes our stdin (os._exit there)
     except Exception as exc:  # noqa: BLE001 - one line the parent can report
         print(f"bench peer failed: {_describe(exc)}", file=sys.stderr, flush=True)
@@ -248,106 +235,48 @@ def server_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class PeerProcess:
+class PeerProcess(ChildProcess):
     """The peer node's process; always ended by :meth:`stop` (use ``with``)."""
+
+    who = "peer"
+    module = "bench.node"
 
     def __init__(self, certs: dict[str, Any], local_port: int, settings: Settings,
                  workdir: str) -> None:
-        self._stderr_path = os.path.join(workdir, "peer.stderr")
-        self._stderr = open(self._stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         peer = certs[PEER_NAME]
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.node", "serve", "--ca", str(certs["ca"].certfile),
-                 "--cert", str(peer.certfile), "--key", str(peer.keyfile),
-                 "--local-port", str(local_port), "--fresh", str(settings.connects),
-                 "--send-timeout", str(settings.timeout),
-                 "--lifetime", str(settings.peer_lifetime)],
-                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._stderr)
-        except BaseException:
-            self._stderr.close()
-            raise
-        self.pid = self.proc.pid
+        self._spawn([self.module, "serve", "--ca", str(certs["ca"].certfile),
+                     "--cert", str(peer.certfile), "--key", str(peer.keyfile),
+                     "--local-port", str(local_port), *self._extra_args(settings),
+                     "--send-timeout", str(settings.timeout),
+                     "--lifetime", str(settings.peer_lifetime)],
+                    os.path.join(workdir, "peer.stderr"))
         self.port = 0
         self.fresh_ports: list[int] = []
         self.compiled_extension_used: bool | None = None
 
+    def _extra_args(self, settings: Any) -> list[str]:
+        return ["--fresh", str(settings.connects)]
+
     def wait_ready(self, timeout: float) -> None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchFailure(f"the peer did not start within {timeout} s"
-                                       f"{self.stderr_tail()}")
-                if sel.select(left):
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        try:
-                            self.proc.wait(timeout=2.0)
-                        except subprocess.TimeoutExpired:
-                            pass
-                        raise BenchFailure(f"the peer exited before it was ready"
-                                           f"{self.stderr_tail()}")
-                    buf += chunk
-        info = json.loads(buf.split(b"\n", 1)[0])
+        info = self._read_ready(
+            timeout,
+            lambda: BenchFailure(f"the peer did not start within {timeout} s"
+                                 f"{self.stderr_tail()}"),
+            lambda status: BenchFailure(f"the peer exited before it was ready"
+                                        f"{self.stderr_tail()}"))
         self.port = int(info["port"])
         self.fresh_ports = [int(p) for p in info["fresh_ports"]]
         self.compiled_extension_used = info.get("compiled_extension_used")
 
-    def stderr_tail(self, limit: int = 600) -> str:
-        try:
-            self._stderr.flush()
-            with open(self._stderr_path, "rb") as f:
-                text = f.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-        return f"; peer stderr: {text[-limit:]}" if text else ""
-
-    def stop(self) -> None:
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()  # the peer exits when its stdin closes
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5.0)
-        finally:
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-            self._stderr.close()
-
-    def __enter__(self) -> PeerProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def check_running(self) -> None:
+        """BenchFailure if the peer process has exited."""
+        if self.proc.poll() is not None:
+            raise BenchFailure(f"the peer process exited (status {self.proc.returncode})"
+                               f"{self.stderr_tail()}")
 
 
 # ---------------------------------------------------------------------------
 # Measurements (this process)
-
-
-class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def left(self, what: str) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise BenchFailure(f"{what}: not done within {self.seconds} s")
-        return left
 
 
 def _receive(box: quicdist.Mailbox, deadline: _Deadline, what: str,
@@ -369,13 +298,6 @@ class _Book:
             return self.table[node_name]
         except KeyError:
             raise DiscoveryError(f"{node_name!r} is not a benchmark node", node=node_name) from None
-
-
-def _term_bytes(n: int, size: int) -> int:
-    """ETF bytes of the N messages {msg, I, <<Size bytes>>}, I = 0..N-1 (exact)."""
-    small = len(quicdist.encode((MSG, 0, _payload(size))))  # SMALL_INTEGER_EXT below 256
-    large = len(quicdist.encode((MSG, 256, _payload(size))))  # INTEGER_EXT from 256 on
-    return small * min(n, 256) + large * max(0, n - 256)
 
 
 def send_run(local: Node, n: int, size: int, run_id: int, timeout: float) -> dict[str, Any]:
@@ -536,13 +458,7 @@ def connect_times(local: Node, names: list[str], timeout: float) -> list[float]:
 # Environment and the whole run
 
 
-def environment() -> dict[str, Any]:
-    from . import etf
-
-    env = etf.environment()
-    env.pop("alternatives", None)
-    env["quicdist_using_extension"] = quicdist.USING_EXTENSION
-    return env
+environment = node_environment
 
 
 def run(quick: bool = False, settings: Settings | None = None,
@@ -551,10 +467,7 @@ def run(quick: bool = False, settings: Settings | None = None,
     from quicdist.certs import make_dev_certs
 
     settings = settings or (QUICK if quick else DEFAULT)
-
-    def say(text: str) -> None:
-        if progress:
-            print(f"node {text}", file=sys.stderr, flush=True)
+    say = progress_printer(progress, "node ")
 
     errors: list[str] = []
     throughput: dict[str, dict[str, Any]] = {"local_to_peer": {}, "peer_to_local": {}}
@@ -567,9 +480,8 @@ def run(quick: bool = False, settings: Settings | None = None,
     def attempt(where: dict[str, Any], label: str, key: str, fn: Callable[[], Any]) -> None:
         say(label)
         try:
-            if peer is not None and peer.proc.poll() is not None:
-                raise BenchFailure(f"the peer process exited (status {peer.proc.returncode})"
-                                   f"{peer.stderr_tail()}")
+            if peer is not None:
+                peer.check_running()
             where[key] = fn()
         except Exception as exc:  # noqa: BLE001 - every failure is reported
             where[key] = {"error": _describe(exc)}
@@ -691,25 +603,8 @@ def run(quick: bool = False, settings: Settings | None = None,
 # CLI helpers used by bench/__main__.py
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError("must be > 0")
-        return value
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="small counts, one repeat (smoke runs, noisy numbers)")
-    parser.add_argument("--messages", type=_positive(int), default=None,
-                        help="small messages per throughput run (default 200000)")
-    parser.add_argument("--binary-messages", type=_positive(int), default=None,
-                        help="1 KiB messages per throughput run (default 50000)")
+    add_message_arguments(parser)
     parser.add_argument("--repeats", type=_positive(int), default=None,
                         help="throughput runs per case (default 3)")
     parser.add_argument("--rtt-count", type=_positive(int), default=None,
@@ -718,21 +613,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ping and rpc round trips measured (default 500 each)")
     parser.add_argument("--connects", type=_positive(int), default=None,
                         help="fresh peer nodes connected to (default 5)")
-    parser.add_argument("--timeout", type=_positive(float), default=None,
-                        help="seconds one run of one scenario may take (default 120)")
+    add_timeout_argument(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    base = QUICK if args.quick else DEFAULT
-    changes: dict[str, Any] = {}
-    for attr, field in (("messages", "small_messages"), ("binary_messages", "binary_messages"),
-                        ("repeats", "repeats"), ("rtt_count", "rtt_count"),
-                        ("calls", "ping_count"), ("calls", "rpc_count"),
-                        ("connects", "connects"), ("timeout", "timeout")):
-        value = getattr(args, attr)
-        if value is not None:
-            changes[field] = value
-    return replace(base, **changes)
+    return override(QUICK if args.quick else DEFAULT, args,
+                    (("messages", "small_messages"), ("binary_messages", "binary_messages"),
+                     ("repeats", "repeats"), ("rtt_count", "rtt_count"),
+                     ("calls", "ping_count"), ("calls", "rpc_count"),
+                     ("connects", "connects"), ("timeout", "timeout")))
 
 
 if __name__ == "__main__":

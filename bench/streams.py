@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -59,8 +58,21 @@ from quicdist import Node, StreamRef
 from quicdist.errors import QuicDistError
 
 from . import carrier
-from .carrier import _exit_when_parent_goes, _round, _rtt_summary
-from .node import PEER_READY_TIMEOUT, PeerProcess, _Book, _describe
+from ._common import (
+    BenchFailure,
+    CorrectnessError,
+    _announce,
+    _describe,
+    _exit_when_parent_goes,
+    _positive,
+    _round,
+    _rtt_summary,
+    add_timeout_argument,
+    override,
+    peer_server_parser,
+    progress_printer,
+)
+from .node import PEER_READY_TIMEOUT, PeerProcess, _Book
 
 
 MB = 1_000_000
@@ -92,14 +104,6 @@ class Settings:
 DEFAULT = Settings()
 QUICK = Settings(bulk_bytes=2 * MiB, parallel=4, repeats=1, opens=30, open_warmup=3,
                  rtt_count=100, rtt_warmup=10, timeout=30.0, peer_lifetime=120.0)
-
-
-class CorrectnessError(AssertionError):
-    """What arrived is not what was sent: a bug, never an outcome."""
-
-
-class BenchFailure(Exception):
-    """A run could not complete (timeout, node down, peer died)."""
 
 
 # ---------------------------------------------------------------------------
@@ -157,14 +161,8 @@ def _accept_loop(acceptor: Any) -> None:
 
 def server_main(argv: list[str] | None = None) -> int:
     """Entry point of the peer process: ``python -m bench.streams serve ...``."""
-    parser = argparse.ArgumentParser(prog="python -m bench.streams serve")
-    parser.add_argument("--ca", required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--local-port", type=int, required=True)
-    parser.add_argument("--fresh", type=int, default=0)  # PeerProcess passes these
-    parser.add_argument("--send-timeout", type=float, default=DEFAULT.timeout)
-    parser.add_argument("--lifetime", type=float, default=DEFAULT.peer_lifetime)
+    parser = peer_server_parser("python -m bench.streams serve", LOCAL_NAME, DEFAULT.timeout,
+                                DEFAULT.peer_lifetime)
     parser.add_argument("--acceptors", type=int, default=4)
     args = parser.parse_args(argv)
     _exit_when_parent_goes(args.lifetime)
@@ -176,11 +174,7 @@ def server_main(argv: list[str] | None = None) -> int:
         for i in range(args.acceptors):
             threading.Thread(target=_accept_loop, args=(peer.accept_streams(LOCAL_NAME),),
                              name=f"bench-peer-acceptor-{i}", daemon=True).start()
-        sys.stdout.write(json.dumps({"ready": True, "port": peer.port, "fresh_ports": [],
-                                     "pid": os.getpid(),
-                                     "compiled_extension_used": quicdist.USING_EXTENSION})
-                         + "\n")
-        sys.stdout.flush()
+        _announce(port=peer.port, fresh_ports=[])
         threading.Event().wait()  # until the parent closes our stdin (os._exit there)
     except Exception as exc:  # noqa: BLE001 - one line the parent can report
         print(f"bench peer failed: {_describe(exc)}", file=sys.stderr, flush=True)
@@ -191,33 +185,10 @@ def server_main(argv: list[str] | None = None) -> int:
 class StreamsPeer(PeerProcess):
     """The peer node's process (bench.node's PeerProcess, running bench.streams)."""
 
-    def __init__(self, certs: dict[str, Any], local_port: int, settings: Settings,
-                 workdir: str) -> None:
-        import subprocess
+    module = "bench.streams"
 
-        from .node import ROOT
-
-        self._stderr_path = os.path.join(workdir, "peer.stderr")
-        self._stderr = open(self._stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-        peer = certs[PEER_NAME]
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.streams", "serve",
-                 "--ca", str(certs["ca"].certfile), "--cert", str(peer.certfile),
-                 "--key", str(peer.keyfile), "--local-port", str(local_port),
-                 "--send-timeout", str(settings.timeout),
-                 "--lifetime", str(settings.peer_lifetime)],
-                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._stderr)
-        except BaseException:
-            self._stderr.close()
-            raise
-        self.pid = self.proc.pid
-        self.port = 0
-        self.fresh_ports = []
-        self.compiled_extension_used = None
+    def _extra_args(self, settings: Any) -> list[str]:
+        return []  # no fresh nodes
 
 
 # ---------------------------------------------------------------------------
@@ -477,10 +448,7 @@ def run(quick: bool = False, settings: Settings | None = None,
     from quicdist.certs import make_dev_certs
 
     settings = settings or (QUICK if quick else DEFAULT)
-
-    def say(text: str) -> None:
-        if progress:
-            print(text, file=sys.stderr, flush=True)
+    say = progress_printer(progress)
 
     errors: list[str] = []
     bulk: dict[str, Any] = {}
@@ -492,9 +460,8 @@ def run(quick: bool = False, settings: Settings | None = None,
     def attempt(where: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
         say(f"streams {key}")
         try:
-            if peer is not None and peer.proc.poll() is not None:
-                raise BenchFailure(f"the peer process exited (status {peer.proc.returncode})"
-                                   f"{peer.stderr_tail()}")
+            if peer is not None:
+                peer.check_running()
             where[key] = fn()
         except Exception as exc:  # noqa: BLE001 - every failure is reported
             where[key] = {"error": _describe(exc)}
@@ -516,7 +483,7 @@ def run(quick: bool = False, settings: Settings | None = None,
         peer = StreamsPeer(certs, local.port, settings, workdir)
         try:
             peer.wait_ready(PEER_READY_TIMEOUT)
-        except Exception as exc:  # bench.node's failure type: say it the same way here
+        except Exception as exc:  # any failure to start: say it as a BenchFailure
             raise BenchFailure(str(exc)) from exc
         peer_info.update(pid=peer.pid, compiled_extension_used=peer.compiled_extension_used)
         book.table[PEER_NAME] = (HOST, peer.port)
@@ -620,18 +587,6 @@ def _targets(bulk: dict[str, Any], latency: dict[str, Any]) -> list[dict[str, An
 # CLI helpers used by bench/__main__.py
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError("must be > 0")
-        return value
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and counts, one repeat (smoke runs, noisy numbers)")
@@ -647,22 +602,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="urgent round trips measured, idle and under load (default 2000)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the aioquic and quicdist-carrier bulk baselines")
-    parser.add_argument("--timeout", type=_positive(float), default=None,
-                        help="seconds one run of one scenario may take (default 120)")
+    add_timeout_argument(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    base = QUICK if args.quick else DEFAULT
     changes: dict[str, Any] = {}
     if args.bulk_mib is not None:
         changes["bulk_bytes"] = int(args.bulk_mib * MiB)
-    for attr in ("parallel", "repeats", "opens", "rtt_count", "timeout"):
-        value = getattr(args, attr)
-        if value is not None:
-            changes[attr] = value
     if args.no_baseline:
         changes["baseline"] = False
-    return replace(base, **changes)
+    return override(QUICK if args.quick else DEFAULT, args,
+                    ((attr, attr) for attr in ("parallel", "repeats", "opens", "rtt_count",
+                                               "timeout")),
+                    **changes)
 
 
 if __name__ == "__main__":
