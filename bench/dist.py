@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,8 @@ from quicdist.dist import MonitorP, RegSend, Send
 from quicdist.terms import Atom, Pid, Reference
 
 from . import etf
+from ._common import CorrectnessError, _round, base_environment
+from .etf import _progress, _ratio
 
 
 IMPL_IDS = ("cython", "python")
@@ -42,10 +43,6 @@ NODE = "a@127.0.0.1"
 PID = Pid(NODE, 84, 0, 1700000000)
 REF = Reference(NODE, 1700000000, (158_842, 3_145_728_001, 2_716_057_635))
 SMALL = (Atom("ok"), 42, b"hi")
-
-
-class CorrectnessError(AssertionError):
-    """A quicdist path produced a wrong result: a bug, never a benchmark outcome."""
 
 
 @dataclass(frozen=True)
@@ -160,27 +157,6 @@ def _floors(impl: Impl, case: Case, payload: bytes) -> tuple[Callable[[Any], Any
     return enc_floor, case.term, dec_floor, payload
 
 
-def _round(value: float) -> float:
-    return float(f"{value:.4g}")
-
-
-def _ratio(slow: float | None, fast: float | None) -> float | None:
-    if slow is None or fast is None or fast <= 0:
-        return None
-    return round(slow / fast, 2)
-
-
-def _progress(enabled: bool, text: str) -> None:
-    if enabled:
-        print(text, file=sys.stderr, flush=True)
-
-
-def environment() -> dict[str, Any]:
-    env = etf.environment()
-    env.pop("alternatives", None)
-    return env
-
-
 def run(impl_ids: tuple[str, ...] = IMPL_IDS, quick: bool = False,
         settings: etf.Settings | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the benchmark and return the JSON document."""
@@ -228,7 +204,7 @@ def run(impl_ids: tuple[str, ...] = IMPL_IDS, quick: bool = False,
         "benchmark": "dist",
         "units": "microseconds per call (min over repeats); *_codec_floor_us: the same work "
                  "with the bare term codec; *_overhead_us: the difference",
-        "environment": environment(),
+        "environment": base_environment(),
         "settings": {
             "quick": quick,
             "repeats": settings.repeats,

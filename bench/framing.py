@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import struct
-import sys
 import time
 import timeit
 from collections.abc import Callable
@@ -35,15 +34,13 @@ from typing import Any
 from quicdist import _fastpath_py as oracle
 
 from . import etf
+from ._common import CorrectnessError, _round, base_environment
+from .etf import _progress, _ratio
 
 
 IMPL_IDS = ("cython", "python")
 KiB = 1 << 10
 MiB = 1 << 20
-
-
-class CorrectnessError(AssertionError):
-    """A quicdist path produced a wrong result: a bug, never a benchmark outcome."""
 
 
 @dataclass
@@ -225,24 +222,8 @@ CYCLE_URGENCIES = [1 + i % 255 for i in range(1000)]
 # The whole run
 
 
-def _round(value: float) -> float:
-    return float(f"{value:.4g}")
-
-
-def _ratio(slow: float | None, fast: float | None) -> float | None:
-    if slow is None or fast is None or fast <= 0:
-        return None
-    return round(slow / fast, 2)
-
-
-def _progress(enabled: bool, text: str) -> None:
-    if enabled:
-        print(text, file=sys.stderr, flush=True)
-
-
 def environment() -> dict[str, Any]:
-    env = etf.environment()
-    env.pop("alternatives", None)
+    env = base_environment()
     cython = get_impl("cython")
     env["compiled_module_available"] = cython.available
     env["compiled_module"] = (getattr(cython.module, "__file__", None) if cython.available

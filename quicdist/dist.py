@@ -604,11 +604,19 @@ def _nothing(pos: int, end: int) -> None:
         raise _Bad(f"{end - pos} bytes follow a control tuple that carries no message")
 
 
-def _p_link(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 3:
-        _arity(t, 3)
-    _nothing(pos, end)
-    return Link(_pid("FromPid", t[1]), _pid("ToPid", t[2]))
+def _two_pids(cls: Callable[[Pid, Pid], DistMessage]) -> _Parser:
+    """The parser of ``{Op, FromPid, ToPid}`` (LINK, UNLINK, GROUP_LEADER)."""
+    def parse(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
+        if len(t) != 3:
+            _arity(t, 3)
+        _nothing(pos, end)
+        return cls(_pid("FromPid", t[1]), _pid("ToPid", t[2]))
+    return parse
+
+
+_p_link = _two_pids(Link)
+_p_unlink = _two_pids(Unlink)
+_p_group_leader = _two_pids(GroupLeader)
 
 
 def _p_send(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
@@ -626,25 +634,26 @@ def _p_send_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage
     return Send(_pid("ToPid", t[2]), _payload(data, pos, end), t[3])
 
 
-def _p_exit(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 4:
-        _arity(t, 4)
-    _nothing(pos, end)
-    return Exit(_pid("FromPid", t[1]), _pid("ToPid", t[2]), t[3])
+def _exit_pair(cls: Callable[[Pid, Pid, Any, Any], DistMessage]) -> tuple[_Parser, _Parser]:
+    """The parsers of ``{Op, FromPid, ToPid, Reason}`` and of its ``_TT`` form
+    ``{OpTT, FromPid, ToPid, Token, Reason}`` (EXIT, EXIT2)."""
+    def plain(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
+        if len(t) != 4:
+            _arity(t, 4)
+        _nothing(pos, end)
+        return cls(_pid("FromPid", t[1]), _pid("ToPid", t[2]), t[3], None)
+
+    def traced(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
+        if len(t) != 5:
+            _arity(t, 5)
+        _nothing(pos, end)
+        return cls(_pid("FromPid", t[1]), _pid("ToPid", t[2]), t[4], t[3])
+
+    return plain, traced
 
 
-def _p_exit_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 5:
-        _arity(t, 5)
-    _nothing(pos, end)
-    return Exit(_pid("FromPid", t[1]), _pid("ToPid", t[2]), t[4], t[3])
-
-
-def _p_unlink(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 3:
-        _arity(t, 3)
-    _nothing(pos, end)
-    return Unlink(_pid("FromPid", t[1]), _pid("ToPid", t[2]))
+_p_exit, _p_exit_tt = _exit_pair(Exit)
+_p_exit2, _p_exit2_tt = _exit_pair(Exit2)
 
 
 def _p_node_link(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
@@ -671,27 +680,6 @@ def _p_reg_send_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMes
         _arity(t, 5)
     return RegSend(_pid("FromPid", t[1]), _atom("ToName", t[3]),
                    _payload(data, pos, end), t[4])
-
-
-def _p_group_leader(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 3:
-        _arity(t, 3)
-    _nothing(pos, end)
-    return GroupLeader(_pid("FromPid", t[1]), _pid("ToPid", t[2]))
-
-
-def _p_exit2(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 4:
-        _arity(t, 4)
-    _nothing(pos, end)
-    return Exit2(_pid("FromPid", t[1]), _pid("ToPid", t[2]), t[3])
-
-
-def _p_exit2_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 5:
-        _arity(t, 5)
-    _nothing(pos, end)
-    return Exit2(_pid("FromPid", t[1]), _pid("ToPid", t[2]), t[4], t[3])
 
 
 def _p_monitor_p(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
@@ -739,30 +727,25 @@ def _p_send_sender_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> Dist
     return SendSender(_pid("FromPid", t[1]), _pid("ToPid", t[2]), _payload(data, pos, end), t[3])
 
 
-def _p_payload_exit(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 3:
-        _arity(t, 3)
-    return PayloadExit(_pid("FromPid", t[1]), _pid("ToPid", t[2]), _payload(data, pos, end))
+def _payload_exit_pair(cls: Callable[[Pid, Pid, Any, Any], DistMessage]
+                       ) -> tuple[_Parser, _Parser]:
+    """The parsers of ``{Op, FromPid, ToPid}`` + Reason and of its ``_TT`` form
+    ``{OpTT, FromPid, ToPid, Token}`` + Reason (PAYLOAD_EXIT, PAYLOAD_EXIT2)."""
+    def plain(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
+        if len(t) != 3:
+            _arity(t, 3)
+        return cls(_pid("FromPid", t[1]), _pid("ToPid", t[2]), _payload(data, pos, end), None)
+
+    def traced(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
+        if len(t) != 4:
+            _arity(t, 4)
+        return cls(_pid("FromPid", t[1]), _pid("ToPid", t[2]), _payload(data, pos, end), t[3])
+
+    return plain, traced
 
 
-def _p_payload_exit_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 4:
-        _arity(t, 4)
-    return PayloadExit(_pid("FromPid", t[1]), _pid("ToPid", t[2]), _payload(data, pos, end),
-                       t[3])
-
-
-def _p_payload_exit2(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 3:
-        _arity(t, 3)
-    return PayloadExit2(_pid("FromPid", t[1]), _pid("ToPid", t[2]), _payload(data, pos, end))
-
-
-def _p_payload_exit2_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 4:
-        _arity(t, 4)
-    return PayloadExit2(_pid("FromPid", t[1]), _pid("ToPid", t[2]), _payload(data, pos, end),
-                        t[3])
+_p_payload_exit, _p_payload_exit_tt = _payload_exit_pair(PayloadExit)
+_p_payload_exit2, _p_payload_exit2_tt = _payload_exit_pair(PayloadExit2)
 
 
 def _p_payload_monitor_p_exit(t: tuple[Any, ...], data: Any, pos: int,
@@ -830,19 +813,19 @@ def _p_alias_send_tt(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistM
     return AliasSend(_pid("FromPid", t[1]), _ref("Alias", t[2]), _payload(data, pos, end), t[3])
 
 
-def _p_unlink_id(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 4:
-        _arity(t, 4)
-    _nothing(pos, end)
-    return UnlinkId(_uint("Id", t[1], 1, _U64_MAX), _pid("FromPid", t[2]), _pid("ToPid", t[3]))
+def _unlink_id(cls: Callable[[int, Pid, Pid], DistMessage], low: int) -> _Parser:
+    """The parser of ``{Op, Id, FromPid, ToPid}``, ``Id`` in ``low``..2**64-1
+    (UNLINK_ID: 1, UNLINK_ID_ACK: 0)."""
+    def parse(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
+        if len(t) != 4:
+            _arity(t, 4)
+        _nothing(pos, end)
+        return cls(_uint("Id", t[1], low, _U64_MAX), _pid("FromPid", t[2]), _pid("ToPid", t[3]))
+    return parse
 
 
-def _p_unlink_id_ack(t: tuple[Any, ...], data: Any, pos: int, end: int) -> DistMessage:
-    if len(t) != 4:
-        _arity(t, 4)
-    _nothing(pos, end)
-    return UnlinkIdAck(_uint("Id", t[1], 0, _U64_MAX), _pid("FromPid", t[2]),
-                       _pid("ToPid", t[3]))
+_p_unlink_id = _unlink_id(UnlinkId, 1)
+_p_unlink_id_ack = _unlink_id(UnlinkIdAck, 0)
 
 
 _PARSERS: dict[int, _Parser] = {
@@ -985,8 +968,16 @@ def _e_list(field: str, value: Any) -> list[Any]:
     _e_not(field, "a list", value)
 
 
-def _e_link(m: Any) -> bytes:
-    return b"p" + encode((1, _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)))
+def _e_two_pids(op: int) -> Callable[[Any], bytes]:
+    """The encoder of ``{Op, FromPid, ToPid}`` (LINK, UNLINK, GROUP_LEADER)."""
+    def enc(m: Any) -> bytes:
+        return b"p" + encode((op, _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)))
+    return enc
+
+
+_e_link = _e_two_pids(Op.LINK.value)
+_e_unlink = _e_two_pids(Op.UNLINK.value)
+_e_group_leader = _e_two_pids(Op.GROUP_LEADER.value)
 
 
 def _e_send(m: Any) -> bytes:
@@ -999,16 +990,20 @@ def _e_send(m: Any) -> bytes:
     return b"p" + encode((12, _EMPTY, to, token)) + encode(m.message)
 
 
-def _e_exit(m: Any) -> bytes:
-    frm, to = _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)
-    token = m.trace_token
-    if token is None:
-        return b"p" + encode((3, frm, to, m.reason))
-    return b"p" + encode((13, frm, to, token, m.reason))
+def _e_exit_pair(op: int, op_tt: int) -> Callable[[Any], bytes]:
+    """The encoder of ``{Op, FromPid, ToPid, Reason}`` or, with a token,
+    ``{OpTT, FromPid, ToPid, Token, Reason}`` (EXIT, EXIT2)."""
+    def enc(m: Any) -> bytes:
+        frm, to = _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)
+        token = m.trace_token
+        if token is None:
+            return b"p" + encode((op, frm, to, m.reason))
+        return b"p" + encode((op_tt, frm, to, token, m.reason))
+    return enc
 
 
-def _e_unlink(m: Any) -> bytes:
-    return b"p" + encode((4, _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)))
+_e_exit = _e_exit_pair(Op.EXIT.value, Op.EXIT_TT.value)
+_e_exit2 = _e_exit_pair(Op.EXIT2.value, Op.EXIT2_TT.value)
 
 
 def _e_node_link(m: Any) -> bytes:
@@ -1025,18 +1020,6 @@ def _e_reg_send(m: Any) -> bytes:
     if token is None:
         return b"p" + encode((6, frm, _EMPTY, name)) + encode(m.message)
     return b"p" + encode((16, frm, _EMPTY, name, token)) + encode(m.message)
-
-
-def _e_group_leader(m: Any) -> bytes:
-    return b"p" + encode((7, _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)))
-
-
-def _e_exit2(m: Any) -> bytes:
-    frm, to = _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)
-    token = m.trace_token
-    if token is None:
-        return b"p" + encode((8, frm, to, m.reason))
-    return b"p" + encode((18, frm, to, token, m.reason))
 
 
 def _e_monitor_p(m: Any) -> bytes:
@@ -1072,20 +1055,20 @@ def _e_send_sender(m: Any) -> bytes:
     return b"p" + encode((23, frm, to, token)) + encode(m.message)
 
 
-def _e_payload_exit(m: Any) -> bytes:
-    frm, to = _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)
-    token = m.trace_token
-    if token is None:
-        return b"p" + encode((24, frm, to)) + encode(m.reason)
-    return b"p" + encode((25, frm, to, token)) + encode(m.reason)
+def _e_payload_exit_pair(op: int, op_tt: int) -> Callable[[Any], bytes]:
+    """The encoder of ``{Op, FromPid, ToPid}`` + Reason or, with a token,
+    ``{OpTT, FromPid, ToPid, Token}`` + Reason (PAYLOAD_EXIT, PAYLOAD_EXIT2)."""
+    def enc(m: Any) -> bytes:
+        frm, to = _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)
+        token = m.trace_token
+        if token is None:
+            return b"p" + encode((op, frm, to)) + encode(m.reason)
+        return b"p" + encode((op_tt, frm, to, token)) + encode(m.reason)
+    return enc
 
 
-def _e_payload_exit2(m: Any) -> bytes:
-    frm, to = _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)
-    token = m.trace_token
-    if token is None:
-        return b"p" + encode((26, frm, to)) + encode(m.reason)
-    return b"p" + encode((27, frm, to, token)) + encode(m.reason)
+_e_payload_exit = _e_payload_exit_pair(Op.PAYLOAD_EXIT.value, Op.PAYLOAD_EXIT_TT.value)
+_e_payload_exit2 = _e_payload_exit_pair(Op.PAYLOAD_EXIT2.value, Op.PAYLOAD_EXIT2_TT.value)
 
 
 def _e_payload_monitor_p_exit(m: Any) -> bytes:
@@ -1133,14 +1116,17 @@ def _e_alias_send(m: Any) -> bytes:
     return b"p" + encode((34, frm, alias, token)) + encode(m.message)
 
 
-def _e_unlink_id(m: Any) -> bytes:
-    return b"p" + encode((35, _e_uint("id", m.id, 1, _U64_MAX), _e_pid("from_pid", m.from_pid),
-                          _e_pid("to_pid", m.to_pid)))
+def _e_unlink_id_of(op: int, low: int) -> Callable[[Any], bytes]:
+    """The encoder of ``{Op, Id, FromPid, ToPid}``, ``id`` in ``low``..2**64-1
+    (UNLINK_ID: 1, UNLINK_ID_ACK: 0)."""
+    def enc(m: Any) -> bytes:
+        return b"p" + encode((op, _e_uint("id", m.id, low, _U64_MAX),
+                              _e_pid("from_pid", m.from_pid), _e_pid("to_pid", m.to_pid)))
+    return enc
 
 
-def _e_unlink_id_ack(m: Any) -> bytes:
-    return b"p" + encode((36, _e_uint("id", m.id, 0, _U64_MAX), _e_pid("from_pid", m.from_pid),
-                          _e_pid("to_pid", m.to_pid)))
+_e_unlink_id = _e_unlink_id_of(Op.UNLINK_ID.value, 1)
+_e_unlink_id_ack = _e_unlink_id_of(Op.UNLINK_ID_ACK.value, 0)
 
 
 _ENCODERS: dict[type, Callable[[Any], bytes]] = {
