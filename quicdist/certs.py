@@ -52,8 +52,14 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         f.write(data)
 
 
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+def _write_pair(out: Path, base: str, key: ec.EllipticCurvePrivateKey,
+                cert: x509.Certificate) -> CertPaths:
+    """Write ``<base>.pem`` and ``<base>-key.pem`` (the key first, mode 0600)."""
+    base = _safe_name(base)
+    paths = CertPaths(out / f"{base}.pem", out / f"{base}-key.pem")
+    _write_key(paths.keyfile, key)
+    paths.certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return paths
 
 
 def _safe_name(name: str) -> str:
@@ -96,10 +102,7 @@ def make_ca(
                        critical=False)
         .sign(key, hashes.SHA256())
     )
-    paths = CertPaths(out / f"{_safe_name(name)}.pem", out / f"{_safe_name(name)}-key.pem")
-    _write_key(paths.keyfile, key)
-    _write_cert(paths.certfile, cert)
-    return paths
+    return _write_pair(out, name, key, cert)
 
 
 def _host_of(node_name: str) -> str | None:
@@ -165,11 +168,7 @@ def make_node_cert(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    base = _safe_name(file_name or node_name)
-    paths = CertPaths(out / f"{base}.pem", out / f"{base}-key.pem")
-    _write_key(paths.keyfile, key)
-    _write_cert(paths.certfile, cert)
-    return paths
+    return _write_pair(out, file_name or node_name, key, cert)
 
 
 def make_dev_certs(

@@ -35,8 +35,9 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .discovery import ChainDiscovery, Discovery, StaticDiscovery, split_node_name
 from .errors import (
@@ -101,6 +102,8 @@ _IO_TIMEOUT = 5.0
 #: A NAMES_RESP larger than this is not from epmd.
 _MAX_NAMES_BYTES = 1 << 20
 
+_T = TypeVar("_T")
+
 
 def epmd_port(port: int | None = None) -> int:
     """``port`` if given, else ``ERL_EPMD_PORT`` from the environment, else 4369.
@@ -129,6 +132,12 @@ def _name_bytes(name: str) -> bytes:
     if len(data) > _MAX_NAME_BYTES or any(b < 0x21 for b in data):
         raise ConfigurationError(f"invalid epmd name {name!r}")
     return data
+
+
+def _positive_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigurationError(f"timeout must be a positive number, not {timeout!r}")
+    return float(timeout)
 
 
 def _request(body: bytes) -> bytes:
@@ -355,11 +364,9 @@ class EpmdClient:
                  timeout: float = _IO_TIMEOUT) -> None:
         if not isinstance(host, str) or not host:
             raise ConfigurationError(f"epmd host must be a non-empty str, not {host!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigurationError(f"timeout must be a positive number, not {timeout!r}")
+        self.timeout = _positive_timeout(timeout)
         self.host = host
         self.port = epmd_port(port)
-        self.timeout = float(timeout)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -387,17 +394,9 @@ class EpmdClient:
         sock = self._open(deadline, name)
         try:
             self._send(sock, request, deadline, name)
-            buf = b""
-            while True:
-                parsed = decode_alive2_resp(buf)
-                if parsed is not None:
-                    break
-                chunk = self._recv(sock, deadline, name, "its ALIVE2 response")
-                if not chunk:
-                    raise EpmdError(f"epmd at {self._where()} closed the connection without "
-                                    f"answering the registration of {name!r}", name)
-                buf += chunk
-            response, _ = parsed
+            response, _ = self._reply(
+                sock, deadline, name, decode_alive2_resp, "its ALIVE2 response",
+                f"closed the connection without answering the registration of {name!r}")
             if response.result != 0:
                 raise EpmdError(f"epmd at {self._where()} refused to register {name!r} "
                                 f"(result {response.result}): the name is probably in use "
@@ -421,17 +420,9 @@ class EpmdClient:
         sock = self._open(deadline, name)
         with sock:
             self._send(sock, request, deadline, name)
-            buf = b""
-            while True:
-                parsed = decode_port2_resp(buf)
-                if parsed is not None:
-                    break
-                chunk = self._recv(sock, deadline, name, "its PORT2 response")
-                if not chunk:
-                    raise EpmdError(f"epmd at {self._where()} closed the connection in the "
-                                    f"middle of its answer about {name!r}", name)
-                buf += chunk
-        entry, _ = parsed
+            entry, _ = self._reply(
+                sock, deadline, name, decode_port2_resp, "its PORT2 response",
+                f"closed the connection in the middle of its answer about {name!r}")
         if isinstance(entry, int):
             raise EpmdError(f"no node named {name!r} is registered in epmd at "
                             f"{self._where()} (result {entry})", name, entry)
@@ -482,6 +473,21 @@ class EpmdClient:
         except OSError as exc:
             raise EpmdError(f"writing to epmd at {self._where()} failed: {exc}", name) from exc
 
+    def _reply(self, sock: socket.socket, deadline: Deadline, name: str,
+               decode: Callable[[bytes], tuple[_T, int] | None], what: str,
+               closed: str) -> tuple[_T, int]:
+        """Read until ``decode`` parses a whole reply; ``closed`` ends the EpmdError
+        raised if epmd closes the connection before that."""
+        buf = b""
+        while True:
+            parsed = decode(buf)
+            if parsed is not None:
+                return parsed
+            chunk = self._recv(sock, deadline, name, what)
+            if not chunk:
+                raise EpmdError(f"epmd at {self._where()} {closed}", name)
+            buf += chunk
+
     def _recv(self, sock: socket.socket, deadline: Deadline, name: str, what: str) -> bytes:
         timeout = deadline.timeout()
         if timeout == 0.0:
@@ -515,9 +521,7 @@ class EpmdDiscovery:
 
     def __init__(self, port: int | None = None, timeout: float = _IO_TIMEOUT) -> None:
         self.port = epmd_port(port)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigurationError(f"timeout must be a positive number, not {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = _positive_timeout(timeout)
 
     def lookup(self, node_name: str) -> tuple[str, int]:
         alive, host = split_node_name(node_name)

@@ -238,8 +238,7 @@ class StreamRef:
                     f"set_active(False) to read it")
             while True:
                 if self._local_reset is not None:
-                    raise StreamClosed(f"stream {self.stream_id} was reset here",
-                                       self.stream_id)
+                    raise self._reset_here()
                 if self._buffered:
                     data = self._take(max_bytes)
                     break
@@ -248,9 +247,7 @@ class StreamRef:
                     return b""
                 if self._peer_reset is not None:
                     self._reset_told = True
-                    raise StreamReset(f"stream {self.stream_id} was reset by {self.node} "
-                                      f"(code 0x{self._peer_reset:x})", self.stream_id,
-                                      self._peer_reset)
+                    raise self._reset_by_peer(self._peer_reset)
                 if self._down is not None:
                     raise self._down_copy()
                 remaining = deadline.timeout()
@@ -463,16 +460,21 @@ class StreamRef:
     def _check_sendable(self) -> None:
         assert self._cond._is_owned()  # type: ignore[attr-defined]
         if self._local_reset is not None:
-            raise StreamClosed(f"stream {self.stream_id} was reset here", self.stream_id)
+            raise self._reset_here()
         if self._peer_reset is not None:
-            raise StreamReset(f"stream {self.stream_id} was reset by {self.node} "
-                              f"(code 0x{self._peer_reset:x})", self.stream_id,
-                              self._peer_reset)
+            raise self._reset_by_peer(self._peer_reset)
         if self._down is not None:
             raise self._down_copy()
         if self._send_fin:
             raise StreamClosed(f"stream {self.stream_id} was closed (send after close)",
                                self.stream_id)
+
+    def _reset_here(self) -> StreamClosed:
+        return StreamClosed(f"stream {self.stream_id} was reset here", self.stream_id)
+
+    def _reset_by_peer(self, code: int) -> StreamReset:
+        return StreamReset(f"stream {self.stream_id} was reset by {self.node} "
+                           f"(code 0x{code:x})", self.stream_id, code)
 
     def _down_copy(self) -> NodeDown:
         """A fresh exception for each raise (they may be raised in several threads)."""
@@ -525,9 +527,7 @@ class StreamRef:
         the carrier may forget it. Called with the lock held."""
         if self._released or self._down is not None:
             return False
-        over = (self._local_reset is not None or self._peer_reset is not None
-                or (self._recv_fin and self._send_fin))
-        if over and not self._buffered and not self._in_mailbox:
+        if self._terminal() and not self._buffered and not self._in_mailbox:
             self._released = True
             return True
         return False
@@ -623,8 +623,7 @@ class StreamRef:
             self._released = True
             self._forgotten = True
             self._cond.notify_all()
-        self._outbox.fail(StreamClosed(f"stream {self.stream_id} was reset here",
-                                       self.stream_id))
+        self._outbox.fail(self._reset_here())
         self._connection.reset_stream(self.stream_id, code)
         self._manager._forget(self)
         self._connection.release_stream(self.stream_id, unread)
@@ -663,8 +662,7 @@ class StreamRef:
                 self._tell((RESET, code))
             self._cond.notify_all()
             release = self._release_check()
-        self._outbox.fail(StreamReset(f"stream {self.stream_id} was reset by {self.node} "
-                                      f"(code 0x{code:x})", self.stream_id, code))
+        self._outbox.fail(self._reset_by_peer(code))
         # Our own direction ends too (a no-op when the peer's reset stopped it).
         self._connection.reset_stream(self.stream_id, code)
         self._manager._forget(self)

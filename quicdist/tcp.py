@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import selectors
 import socket
 import struct
 import threading
@@ -54,7 +53,6 @@ from .errors import (
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
-    FrameError,
     LocalProtocolError,
     QuicDistError,
     QuicDistTimeoutError,
@@ -68,8 +66,9 @@ from .events import (
     HandshakeCompleted,
 )
 from .sync.connection import Connection
+from .sync.listener import AcceptingListener
 from .sync.outbox import FrameOutbox, StreamOutbox
-from .sync.utils import Deadline, Wakeup
+from .sync.utils import Deadline
 
 
 __all__ = [
@@ -423,11 +422,7 @@ class TcpConnection:
             if self._close_error is None:
                 self._dispatch(HandshakeCompleted(alpn="", peer_subject=""))
             error = self._read()
-        except FrameError as exc:
-            logger.warning("%s: %s; closing", self.name, exc)
-            error = ConnectionClosedError(f"protocol error: {exc}", exc.error_code,
-                                          initiated_locally=True)
-        except RemoteProtocolError as exc:
+        except RemoteProtocolError as exc:  # a FrameError too
             logger.warning("%s: %s; closing", self.name, exc)
             error = ConnectionClosedError(f"protocol error: {exc}", exc.error_code,
                                           initiated_locally=True)
@@ -596,7 +591,7 @@ def tcp_connect(
     return connection
 
 
-class TcpListener:
+class TcpListener(AcceptingListener[TcpConnection]):
     """Accept TCP distribution connections on ``host:port`` (port 0: any free port).
 
     Each accepted connection is passed to ``on_connection`` on its reader
@@ -605,6 +600,8 @@ class TcpListener:
     listener starts at once; :meth:`stop` closes every connection it
     accepted, its thread and its socket.
     """
+
+    _logger = logger
 
     def __init__(
         self,
@@ -617,96 +614,26 @@ class TcpListener:
         name: str = "listener",
     ) -> None:
         self.config = config or TcpConfig()
-        self._on_connection = on_connection
-        self._on_event = on_event
-        self._accepted: queue.SimpleQueue[TcpConnection] = queue.SimpleQueue()
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
-        self._sock = socket.create_server(addr, family=family, backlog=128)
+        sock = socket.create_server(addr, family=family, backlog=128)
         try:
-            self._sock.setblocking(False)
-            self._wakeup = Wakeup()
+            sock.setblocking(False)
         except BaseException:
-            self._sock.close()
+            sock.close()
             raise
-        self.address: tuple[Any, ...] = self._sock.getsockname()
-        self.name = name
-        # Guards _connections and _stopping.
-        self._lock = threading.Lock()
-        self._connections: set[TcpConnection] = set()
-        self._stopping = False
+        super().__init__(sock, name=name, on_connection=on_connection, on_event=on_event)
         #: Connections closed at once because too many handshakes were running.
         self.refused = 0
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"quicdist-tcplisten-{self.port}")
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.address[1])
-
-    @property
-    def connections(self) -> list[TcpConnection]:
-        """The connections this listener accepted that are still open."""
-        with self._lock:
-            return list(self._connections)
-
-    def accept(self, timeout: float | None = None) -> TcpConnection:
-        """The next accepted connection (only without ``on_connection``)."""
-        try:
-            return self._accepted.get(timeout=timeout)
-        except queue.Empty:
-            raise QuicDistTimeoutError("timed out waiting for a connection") from None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection; returns when the threads ended."""
-        with self._lock:
-            self._stopping = True
-            connections = list(self._connections)
-        self._wakeup.wake()
-        for connection in connections:
-            connection.close(reason="listener stopped", timeout=timeout)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    def __enter__(self) -> TcpListener:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._start(f"quicdist-tcplisten-{self.port}")
 
     def __repr__(self) -> str:
         return f"<TcpListener {self.name} port={self.port}>"
 
     # ------------------------------------------------------ listener thread
 
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        try:
-            selector.register(self._sock, selectors.EVENT_READ)
-            selector.register(self._wakeup, selectors.EVENT_READ)
-            while not self._stopping:
-                for key, _ in selector.select():
-                    if key.fileobj is self._wakeup:
-                        self._wakeup.drain()
-                    else:
-                        self._accept_ready()
-        except Exception:
-            logger.exception("listener %s failed", self.name)
-        finally:
-            selector.close()
-            with self._lock:
-                self._stopping = True
-                leftovers = list(self._connections)
-            for connection in leftovers:
-                connection.close(reason="listener stopped", timeout=0)
-            for connection in leftovers:
-                connection.join(_CLOSE_TIMEOUT)
-            self._sock.close()
-            self._wakeup.close()
-
-    def _accept_ready(self) -> None:
+    def _ready(self) -> None:
         while True:
             try:
                 sock, addr = self._sock.accept()
@@ -739,16 +666,6 @@ class TcpListener:
 
     # ---------------------------------------------- called by reader threads
 
-    def _event(self, connection: TcpConnection, event: CarrierEvent) -> None:
-        if isinstance(event, HandshakeCompleted):
-            if self._on_connection is not None:
-                self._on_connection(connection)
-            else:
-                self._accepted.put(connection)
-        elif isinstance(event, ConnectionTerminated):
-            with self._lock:
-                self._connections.discard(connection)
-        if self._on_event is not None:
-            self._on_event(connection, event)
-        else:
-            connection._events.put(event)
+    def _terminated(self, connection: TcpConnection, event: ConnectionTerminated) -> None:
+        with self._lock:
+            self._connections.discard(connection)

@@ -381,9 +381,13 @@ def _trust_store(cadata: bytes) -> crypto.X509Store:
     # Built once per distinct CA bundle and shared: an X509_STORE is only
     # read while verifying (OpenSSL locks it), and nobody adds to it later.
     store = crypto.X509Store()
+    _add_pem(store, cadata)
+    return store
+
+
+def _add_pem(store: crypto.X509Store, cadata: bytes) -> None:
     for certificate in x509.load_pem_x509_certificates(cadata):
         store.add_cert(crypto.X509.from_cryptography(certificate))
-    return store
 
 
 def _build_trust_store(configuration: QuicConfiguration) -> crypto.X509Store:
@@ -396,8 +400,7 @@ def _build_trust_store(configuration: QuicConfiguration) -> crypto.X509Store:
     # Raw aioquic configurations naming files: read them per connection.
     store = crypto.X509Store()
     if configuration.cadata is not None:
-        for certificate in x509.load_pem_x509_certificates(configuration.cadata):
-            store.add_cert(crypto.X509.from_cryptography(certificate))
+        _add_pem(store, configuration.cadata)
     try:
         store.load_locations(configuration.cafile, configuration.capath)
     except crypto.Error as exc:

@@ -15,7 +15,7 @@ import selectors
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
@@ -41,14 +41,139 @@ from .udp import UdpIO, set_dont_fragment
 from .utils import Wakeup
 
 
-__all__ = ["Listener"]
+if TYPE_CHECKING:
+    from ..tcp import TcpConnection
+
+__all__ = ["AcceptingListener", "Listener"]
 
 logger = logging.getLogger("quicdist.carrier")
 
 _READ_BATCH = 256
 
 
-class Listener:
+C = TypeVar("C", bound="Connection | TcpConnection")
+
+
+class AcceptingListener(Generic[C]):
+    """What the QUIC :class:`Listener` and the :class:`~quicdist.tcp.TcpListener`
+    share: the accepted connections, :meth:`accept`, :meth:`stop` and the
+    listening thread that waits on the socket.
+
+    A subclass builds its socket, calls ``__init__``, sets up its own state,
+    then :meth:`_start`; it implements :meth:`_ready` (the socket is
+    readable) and may extend :meth:`_terminated`.
+    """
+
+    _logger = logger
+
+    def __init__(self, sock: socket.socket, *, name: str,
+                 on_connection: Callable[[C], None] | None,
+                 on_event: Callable[[C, CarrierEvent], None] | None) -> None:
+        self._sock = sock
+        try:
+            self._wakeup = Wakeup()
+        except BaseException:
+            sock.close()
+            raise
+        self._on_connection = on_connection
+        self._on_event = on_event
+        self._accepted: queue.SimpleQueue[C] = queue.SimpleQueue()
+        self.address: tuple[Any, ...] = sock.getsockname()
+        self.name = name
+        # Guards _connections and _stopping (and a subclass's routing state).
+        self._lock = threading.Lock()
+        self._connections: set[C] = set()
+        self._stopping = False
+
+    def _start(self, thread_name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    @property
+    def connections(self) -> list[C]:
+        """The connections this listener accepted that are still open."""
+        with self._lock:
+            return list(self._connections)
+
+    def accept(self, timeout: float | None = None) -> C:
+        """The next accepted connection (only without ``on_connection``)."""
+        try:
+            return self._accepted.get(timeout=timeout)
+        except queue.Empty:
+            raise QuicDistTimeoutError("timed out waiting for a connection") from None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection, then the socket; returns
+        when the threads ended."""
+        with self._lock:
+            self._stopping = True
+            connections = list(self._connections)
+        for connection in connections:
+            connection.close(reason="listener stopped", timeout=timeout)
+        self._wakeup.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------ listener thread
+
+    def _ready(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(self._sock, selectors.EVENT_READ)
+            selector.register(self._wakeup, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self._wakeup:
+                        self._wakeup.drain()
+                    else:
+                        self._ready()
+        except Exception:
+            self._logger.exception("listener %s failed", self.name)
+        finally:
+            selector.close()
+            with self._lock:
+                self._stopping = True
+                leftovers = list(self._connections)
+            for connection in leftovers:
+                connection.close(reason="listener stopped", timeout=0)
+            for connection in leftovers:
+                connection.join(5.0)
+            self._sock.close()
+            self._wakeup.close()
+
+    # ------------------------------------- called by the connections' threads
+
+    def _event(self, connection: C, event: CarrierEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            if self._on_connection is not None:
+                self._on_connection(connection)
+            else:
+                self._accepted.put(connection)
+        elif isinstance(event, ConnectionTerminated):
+            self._terminated(connection, event)
+        if self._on_event is not None:
+            self._on_event(connection, event)
+        else:
+            connection._events.put(event)
+
+    def _terminated(self, connection: C, event: ConnectionTerminated) -> None:
+        """An accepted connection ended (its thread, before ``on_event`` hears of it)."""
+
+
+class Listener(AcceptingListener[Connection]):
     """Accept QUIC carrier connections on ``host:port`` (port 0: any free port).
 
     Established connections (TLS done) are passed to ``on_connection`` on
@@ -75,98 +200,29 @@ class Listener:
             max_datagram_size=self.config.max_datagram_size,
             max_data=self.config.connection_window, max_stream_data=self.config.stream_window,
         )
-        self._on_connection = on_connection
-        self._on_event = on_event
-        self._accepted: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            self._sock.bind(addr)
-            self._sock.setblocking(False)
-            tune_socket(self._sock)
-            set_dont_fragment(self._sock)
-            self._udp = UdpIO(self._sock, connected=False)
+            sock.bind(addr)
+            sock.setblocking(False)
+            tune_socket(sock)
+            set_dont_fragment(sock)
+            self._udp = UdpIO(sock, connected=False)
         except BaseException:
-            self._sock.close()
+            sock.close()
             raise
-        self.address: tuple[Any, ...] = self._sock.getsockname()
-        self.name = name
-        self._wakeup = Wakeup()
-        # Guards _routes and _connections (the listener thread reads them,
-        # I/O threads update them as connection IDs come and go).
-        self._lock = threading.Lock()
+        super().__init__(sock, name=name, on_connection=on_connection, on_event=on_event)
+        # Connection IDs -> connections, under _lock (the listener thread
+        # reads it, I/O threads update it as connection IDs come and go).
         self._routes: dict[bytes, Connection] = {}
-        self._connections: set[Connection] = set()
-        self._stopping = False
         #: Initial packets dropped because too many handshakes were in progress.
         self.dropped_initials = 0
-        self._thread = threading.Thread(target=self._run, name=f"quicdist-listen-{self.port}",
-                                        daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.address[1])
-
-    @property
-    def connections(self) -> list[Connection]:
-        """The connections this listener accepted that are still open."""
-        with self._lock:
-            return list(self._connections)
-
-    def accept(self, timeout: float | None = None) -> Connection:
-        """The next established connection (only without ``on_connection``)."""
-        try:
-            return self._accepted.get(timeout=timeout)
-        except queue.Empty:
-            raise QuicDistTimeoutError("timed out waiting for a connection") from None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close every connection, then the socket; returns when all threads ended."""
-        with self._lock:
-            self._stopping = True
-            connections = list(self._connections)
-        for connection in connections:
-            connection.close(reason="listener stopped", timeout=timeout)
-        self._wakeup.wake()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._start(f"quicdist-listen-{self.port}")
 
     # ------------------------------------------------------ listener thread
 
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        try:
-            selector.register(self._sock, selectors.EVENT_READ)
-            selector.register(self._wakeup, selectors.EVENT_READ)
-            while not self._stopping:
-                for key, _ in selector.select():
-                    if key.fileobj is self._wakeup:
-                        self._wakeup.drain()
-                    else:
-                        self._read()
-        except Exception:
-            logger.exception("listener %s failed", self.name)
-        finally:
-            selector.close()
-            with self._lock:
-                self._stopping = True
-                leftovers = list(self._connections)
-            for connection in leftovers:
-                connection.close(reason="listener stopped")
-            for connection in leftovers:
-                connection.join(5.0)
-            self._sock.close()
-            self._wakeup.close()
-
-    def _read(self) -> None:
+    def _ready(self) -> None:
         for _ in range(_READ_BATCH // 16):
             try:
                 datagrams = self._udp.recv(16)
@@ -231,16 +287,6 @@ class Listener:
                     del self._routes[cid]
                 self._connections.discard(connection)
 
-    def _event(self, connection: Connection, event: CarrierEvent) -> None:
-        if isinstance(event, HandshakeCompleted):
-            if self._on_connection is not None:
-                self._on_connection(connection)
-            else:
-                self._accepted.put(connection)
-        if isinstance(event, ConnectionTerminated) and not isinstance(
-                event.error, ConnectionClosedOK):
+    def _terminated(self, connection: Connection, event: ConnectionTerminated) -> None:
+        if not isinstance(event.error, ConnectionClosedOK):
             logger.info("connection %s closed: %s", connection.name, event.error)
-        if self._on_event is not None:
-            self._on_event(connection, event)
-        else:
-            connection._events.put(event)
