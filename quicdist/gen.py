@@ -58,6 +58,19 @@ NOREPLY: Any = _NoReply()
 Caller = tuple[Pid, Any]
 
 
+def parse_call(message: Any) -> tuple[Caller, Any] | None:
+    """``('$gen_call', (From, Tag), Request)`` -> ``((From, Tag), Request)``, else None.
+
+    Any tag term is accepted: a Reference, OTP 24+'s ``[alias | Ref]``,
+    multi_call's ``{Ref, Node}``...
+    """
+    if (isinstance(message, tuple) and len(message) == 3 and message[0] == GEN_CALL
+            and isinstance(message[1], tuple) and len(message[1]) == 2
+            and isinstance(message[1][0], Pid)):
+        return (message[1][0], message[1][1]), message[2]
+    return None
+
+
 def reply(sender: Mailbox | Node, caller: Caller, value: Any) -> None:
     """Answer a ``gen_server`` call: send ``{Tag, Value}`` to the caller's pid."""
     pid, tag = caller
@@ -131,11 +144,10 @@ class GenServer:
                 return
 
     def _dispatch(self, message: Any) -> None:
-        if (isinstance(message, tuple) and len(message) == 3 and message[0] == GEN_CALL
-                and isinstance(message[1], tuple) and len(message[1]) == 2
-                and isinstance(message[1][0], Pid)):
-            caller: Caller = (message[1][0], message[1][1])
-            answer = self._handle_call(message[2], caller)
+        call = parse_call(message)
+        if call is not None:
+            caller, request = call
+            answer = self._handle_call(request, caller)
             if answer is not NOREPLY:
                 reply(self.mailbox, caller, answer)
         elif isinstance(message, tuple) and len(message) == 2 and message[0] == GEN_CAST:

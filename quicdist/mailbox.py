@@ -82,29 +82,27 @@ class Mailbox:
             QuicDistTimeoutError (a TimeoutError): nothing (matching) came in time.
             MailboxClosed: the mailbox exited (closed, overflowed).
         """
-        deadline = Deadline(timeout)
-        message = self._take(deadline, match)
-        if self._on_taken:
-            with self._cond:
-                hook = self._on_taken.pop(id(message), None)
-            if hook is not None:
-                hook()
+        message, hook = self._take(Deadline(timeout), match)
+        if hook is not None:
+            hook()  # without the lock held
         return message
 
-    def _take(self, deadline: Deadline, match: Callable[[Any], bool] | None) -> Any:
+    def _take(self, deadline: Deadline, match: Callable[[Any], bool] | None
+              ) -> tuple[Any, Callable[[], None] | None]:
+        """The message and its ``on_taken`` hook, both taken under one lock."""
         with self._cond:
             scanned = 0
             while True:
                 queue = self._queue
                 if match is None:
                     if queue:
-                        return queue.popleft()
+                        return self._with_hook(queue.popleft())
                 else:
                     for index in range(scanned, len(queue)):
                         if match(queue[index]):
                             message = queue[index]
                             del queue[index]
-                            return message
+                            return self._with_hook(message)
                     scanned = len(queue)
                 if self._exit_reason is not None:
                     raise MailboxClosed(f"mailbox {self.pid!r} exited: {self._exit_reason!r}",
@@ -113,6 +111,10 @@ class Mailbox:
                 if remaining == 0.0:
                     raise QuicDistTimeoutError(f"no message for {self.pid!r} in time")
                 self._cond.wait(remaining)
+
+    def _with_hook(self, message: Any) -> tuple[Any, Callable[[], None] | None]:
+        on_taken = self._on_taken  # the lock is held
+        return message, on_taken.pop(id(message), None) if on_taken else None
 
     def __len__(self) -> int:
         """Messages waiting."""

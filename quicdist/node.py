@@ -77,9 +77,10 @@ from .events import (
     UserStreamStopped,
 )
 from .flags import QUICDIST_FLAGS, DistFlag
-from .handshake import Handshake, HandshakeResult, valid_node_name
+from .gen import GEN_CALL, GEN_CAST, parse_call
+from .handshake import Handshake, valid_node_name
 from .mailbox import DEFAULT_MAX_MESSAGES, DOWN, EXIT, PROCESS, Mailbox
-from .streams import Acceptor, StreamManager, StreamRef, check_priority
+from .streams import STREAM_REFUSED, Acceptor, StreamManager, StreamRef, check_priority
 from .sync.connection import Connection, connect as carrier_connect
 from .sync.listener import Listener
 from .sync.utils import Deadline
@@ -92,17 +93,10 @@ __all__ = ["STREAM_REFUSED", "Node"]
 
 logger = logging.getLogger("quicdist.node")
 
-#: The 4 zero bytes of a tick on stream 0 (PROTOCOL.md §5).
-TICK = b"\x00\x00\x00\x00"
-#: Application error code that refuses a user stream nobody accepts (§6).
-STREAM_REFUSED = 0x100
-
 #: Registered names the node itself serves (never user-registrable).
 SYSTEM_NAMES = frozenset({"net_kernel", "rex", "global_name_server", "code_server",
                           "erl_prim_loader", "init", "user"})
 
-_GEN_CALL = Atom("$gen_call")
-_GEN_CAST = Atom("$gen_cast")
 _NOPROC = Atom("noproc")
 _NOCONNECTION = Atom("noconnection")
 _KILL = Atom("kill")
@@ -142,8 +136,6 @@ class _Conn:
         #: connecting (QUIC) -> handshaking -> up -> closed; or failing -> closed
         self.state = "connecting"
         self.cancelled = False
-        self.error: BaseException | None = None
-        self.result: HandshakeResult | None = None
         self.early: list[CarrierEvent] = []
         self.early_bytes = 0
         #: the name a dialer gave in its send_name (for logs; not yet proven)
@@ -626,34 +618,39 @@ class Node:
             if isinstance(event, DistFrames):
                 if c.state == "up":
                     self._dist_frames(c, event)
-                elif (c.role == "dialer" and c.state == "handshaking"
-                      and c.early_bytes + sum(map(len, event.frames)) <= _MAX_EARLY_BYTES):
-                    # The listener may send right after its challenge_ack, on
-                    # another stream: keep that until the ack is read here.
-                    c.early.append(event)
-                    c.early_bytes += sum(map(len, event.frames))
-                else:
+                elif not self._hold_early(c, event, sum(map(len, event.frames))):
                     # A dialer sends nothing before the handshake completes:
                     # this peer has not proved it knows the cookie.
                     self._fail_and_close(c, HandshakeError(
                         "distribution messages before the handshake completed", "early"))
-            elif (isinstance(event, UserStreamData | UserStreamReset | UserStreamStopped)
-                  and c.role == "dialer" and c.state == "handshaking"
-                  and c.early_bytes + len(getattr(event, "data", b"")) <= _MAX_EARLY_BYTES):
+            elif isinstance(event, UserStreamData | UserStreamReset | UserStreamStopped):
                 # A stream the listener opened right after its challenge_ack
-                # may overtake the ack (a lost packet): keep it until then.
-                c.early.append(event)
-                c.early_bytes += len(getattr(event, "data", b""))
+                # may overtake the ack (a lost packet): kept until then.
+                size = len(event.data) if isinstance(event, UserStreamData) else 0
+                if not self._hold_early(c, event, size):
+                    self._user_stream_event(c, event)
             elif isinstance(event, ControlData):
                 self._control(c, event.data)
             elif isinstance(event, HandshakeCompleted):
                 self._quic_up(c)
             elif isinstance(event, ConnectionTerminated):
                 self._terminated(c, event.error)
-            elif isinstance(event, UserStreamData | UserStreamReset | UserStreamStopped):
-                self._user_stream_event(c, event)
         finally:
             _io_thread.active = False
+
+    @staticmethod
+    def _hold_early(c: _Conn, event: CarrierEvent, size: int) -> bool:
+        """Keep ``event`` until the dialer has read the challenge_ack; False if not allowed.
+
+        The listener may send right after its challenge_ack, on another
+        stream, and those bytes may overtake the ack (up to _MAX_EARLY_BYTES).
+        """
+        if (c.role != "dialer" or c.state != "handshaking"
+                or c.early_bytes + size > _MAX_EARLY_BYTES):
+            return False
+        c.early.append(event)
+        c.early_bytes += size
+        return True
 
     def _quic_up(self, c: _Conn) -> None:
         if c.role != "dialer":
@@ -719,7 +716,6 @@ class Node:
                     # that node went down, then comes up again on this one.
                     self._conn_down(old, NodeDown(f"{name} reconnected", name))
                     old.close("replaced by a new connection")
-                c.result = result
                 c.state = "up"
                 c.peer_name = name
                 c.up_since = c.last_tick = time.monotonic()
@@ -772,7 +768,6 @@ class Node:
             name = c.peer_name
             if c.state != "failing":
                 c.state = "closed" if close else c.state
-            c.error = error
             if name is not None:
                 if self._dialing.get(name) is c:
                     del self._dialing[name]
@@ -1008,8 +1003,9 @@ class Node:
                 self._signal(mon.node, dist.DemonitorP(pid, mon.target, ref))
 
     def _mailbox_of(self, pid: Pid) -> Mailbox | None:
-        with self._lock:
-            return self._mailboxes.get(pid)
+        # One atomic dict read, no lock: it is on the path of every message
+        # (a mailbox removed meanwhile refuses the delivery itself).
+        return self._mailboxes.get(pid)
 
     # ---------------------------------------------------------------- send
 
@@ -1099,8 +1095,7 @@ class Node:
     def _put(self, c: _Conn, payload: bytes) -> None:
         connection = c.connection
         assert connection is not None
-        if connection.closed is not None:
-            raise connection.closed
+        # A closed connection's outbox raises its close error (ConnectionClosed).
         if _on_io_thread():
             connection.dist_outbox.put(payload, force=True)
         else:
@@ -1268,7 +1263,7 @@ class Node:
         with self.mailbox() as mailbox:
             ref = mailbox.monitor(dest)
             tag = ref
-            self._send(mailbox.pid, dest, (_GEN_CALL, (mailbox.pid, tag), request),
+            self._send(mailbox.pid, dest, (GEN_CALL, (mailbox.pid, tag), request),
                        raise_nodedown=True)
 
             def match(m: Any) -> bool:
@@ -1293,7 +1288,7 @@ class Node:
     def gen_cast(self, dest: Any, request: Any) -> None:
         """``gen_server:cast(Dest, Request)``: fire and forget (never raises NodeDown)."""
         try:
-            self._send(self._node_pid, dest, (_GEN_CAST, request), raise_nodedown=False)
+            self._send(self._node_pid, dest, (GEN_CAST, request), raise_nodedown=False)
         except NoProc:
             pass
 
@@ -1368,7 +1363,6 @@ class Node:
     def _handle(self, c: _Conn, msg: dist.DistMessage) -> None:
         peer = c.peer_name or ""
         if isinstance(msg, dist.Send | dist.SendSender):
-            from_pid = msg.from_pid if isinstance(msg, dist.SendSender) else None
             if msg.to_pid == self._node_pid:
                 return
             if msg.to_pid.node != self.name:
@@ -1377,10 +1371,8 @@ class Node:
             mailbox = self._mailbox_of(msg.to_pid)
             if mailbox is not None:
                 mailbox._deliver(msg.message)
-            del from_pid
         elif isinstance(msg, dist.RegSend):
-            with self._lock:
-                mailbox = self._names.get(msg.to_name)
+            mailbox = self._names.get(msg.to_name)  # atomic read, as in _mailbox_of
             if mailbox is not None:
                 mailbox._deliver(msg.message)
             elif msg.to_name in SYSTEM_NAMES:
@@ -1476,7 +1468,7 @@ class Node:
 
     def _system_message(self, c: _Conn | None, name: Atom, from_pid: Pid, message: Any) -> None:
         """net_kernel, rex and the other names every Erlang node has (PROTOCOL.md §8)."""
-        call = _parse_gen_call(message)
+        call = parse_call(message)
         if name == "net_kernel":
             if call is None:
                 return
@@ -1502,7 +1494,7 @@ class Node:
                 else:
                     self._reply(caller, tag, (_BADRPC, _NOT_SUPPORTED))
                 return
-            if (isinstance(message, tuple) and len(message) == 2 and message[0] == _GEN_CAST
+            if (isinstance(message, tuple) and len(message) == 2 and message[0] == GEN_CAST
                     and isinstance(message[1], tuple) and len(message[1]) == 5
                     and message[1][0] == Atom("cast")):
                 cast = message[1]
@@ -1522,12 +1514,12 @@ class Node:
         names: locks are granted, registrations accepted, nothing stored.
         """
         if (call is None and isinstance(message, tuple) and len(message) == 2
-                and message[0] == _GEN_CAST and isinstance(message[1], tuple)
+                and message[0] == GEN_CAST and isinstance(message[1], tuple)
                 and len(message[1]) == 4 and message[1][0] == Atom("init_connect")
                 and isinstance(message[1][2], str)):
             peer = str(message[1][2])
             self._send(self._node_pid, ("global_name_server", peer),
-                       (_GEN_CAST, (Atom("in_sync"), Atom(self.name), True)),
+                       (GEN_CAST, (Atom("in_sync"), Atom(self.name), True)),
                        raise_nodedown=False)
             return
         if call is None:
@@ -1679,14 +1671,3 @@ def _node_of(dest: Any, local: str) -> str:
         return str(dest[1])
     raise TypeError(f"a destination is a Pid, a registered name, (name, node) or an "
                     f"alias Reference, not {dest!r}")
-
-
-def _parse_gen_call(message: Any) -> tuple[tuple[Pid, Any], Any] | None:
-    """``('$gen_call', (From, Tag), Request)`` -> ``((From, Tag), Request)``."""
-    if (isinstance(message, tuple) and len(message) == 3 and message[0] == _GEN_CALL
-            and isinstance(message[1], tuple) and len(message[1]) == 2
-            and isinstance(message[1][0], Pid)):
-        # Any tag term: a Reference, OTP 24+'s [alias | Ref], multi_call's {Ref, Node}...
-        return (message[1][0], message[1][1]), message[2]
-    return None
-

@@ -26,7 +26,7 @@ aioquic leaves to its user (see STYLE.md §4):
 
 Like aioquic, every method that depends on time takes ``now``; nothing here
 touches a socket, a thread or a clock. The I/O thread in
-:mod:`quicdist.sync.iothread` is the only caller.
+:mod:`quicdist.sync.connection` is the only caller.
 """
 
 from __future__ import annotations
@@ -88,8 +88,6 @@ logger = logging.getLogger("quicdist.carrier")
 #: Application error codes of CONNECTION_CLOSE / RESET_STREAM we send.
 NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
-#: What quic_dist resets an unwanted user stream with (no acceptor).
-STREAM_REFUSED = 0x100
 
 #: aioquic 1.7 writes a STREAM frame's length as a 2-byte varint, so no
 #: frame may carry 16384 bytes or more; datagrams are kept at this size or

@@ -26,11 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from .._accel import TICK
 from ..config import CarrierConfig
 from ..errors import (
     ConnectionClosed,
     ConnectionClosedError,
     QuicDistTimeoutError,
+    StreamClosed,
 )
 from ..events import (
     CarrierEvent,
@@ -54,7 +56,6 @@ EventHandler = Callable[["Connection", CarrierEvent], None]
 
 #: Datagrams read from a socket before the loop looks at anything else.
 _READ_BATCH = 64
-_TICK = b"\x00\x00\x00\x00"
 #: How long close() keeps sending the CONNECTION_CLOSE and waiting for the thread.
 _CLOSE_TIMEOUT = 5.0
 
@@ -103,7 +104,6 @@ class Connection:
         self._handshake = threading.Event()
         # Set once the handshake either completed or can no longer complete.
         self._settled = threading.Event()
-        self._finished = threading.Event()
         self._stream_outboxes: dict[int, StreamOutbox] = {}
         # Guards _consumed (credit gathered from reader threads).
         self._consume_lock = threading.Lock()
@@ -244,8 +244,12 @@ class Connection:
         Never blocks; does nothing once the connection is closing.
         """
         protocol = self.protocol
-        self._post(lambda: protocol.send_control(_TICK), quiet=True)
-        self._post(protocol.ping, quiet=True)
+
+        def tick() -> None:  # one command, one wake-up
+            protocol.ping()
+            protocol.send_control(TICK)
+
+        self._post(tick, quiet=True)
 
     @property
     def last_received(self) -> float | None:
@@ -345,8 +349,6 @@ class Connection:
         outbox = self._stream_outboxes.pop(stream_id, None)
         self.protocol.reset_stream(stream_id, code)
         if outbox is not None:
-            from ..errors import StreamClosed
-
             outbox.fail(StreamClosed(f"stream {stream_id} was reset locally", stream_id))
 
     # ------------------------------------------------------------ I/O thread
@@ -405,7 +407,6 @@ class Connection:
             self._wakeup.close()
             if self._owns_socket:
                 self._sock.close()
-            self._finished.set()
 
     def _read_socket(self, now: float) -> None:
         protocol = self.protocol

@@ -33,6 +33,8 @@ class _Bounded:
         self._signalled = False  # the I/O thread was told there is data
         self._error: BaseException | None = None
         self._waiting = 0
+        #: bytes put with ``force`` while the outbox was full, since it last
+        #: drained below its limit (how far the I/O thread's replies overran it)
         self.forced_over = 0
 
     @property
@@ -178,9 +180,6 @@ class FrameOutbox(_Bounded):
     def __init__(self, limit: int, notify: Callable[[], None]) -> None:
         super().__init__(limit, notify)
         self._payloads: deque[bytes] = deque()
-        #: bytes put with ``force`` while the outbox was full, since it last
-        #: drained below its limit (how far the I/O thread's replies overran it)
-        self.forced_over = 0
         self._partial: memoryview | None = None  # the rest of a frame split by take()
 
     def put(self, payload: bytes, timeout: float | None = None, *, force: bool = False) -> None:
