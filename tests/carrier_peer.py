@@ -132,7 +132,7 @@ def run_echo(args) -> None:
         conn.send_control(b"peer-hello")
     outboxes = {}
     while True:
-        event = events.get()
+        event = events.get(timeout=args.lifetime)  # the watchdog ends us by then anyway
         if isinstance(event, ConnectionTerminated):
             break
         if isinstance(event, DistFrames):

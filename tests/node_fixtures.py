@@ -8,6 +8,8 @@
 - :func:`make_node`: a node on 127.0.0.1, port 0, no DNS, ``verify_peer``
   with the dev certificates, started unless ``start=False``.
 - :func:`wait_until`: bounded polling, for the few states no event reports.
+- :func:`tls_config` / :func:`dev_tls`: ``verify_peer`` TLS configurations
+  from development certificates (for the carrier-level tests).
 
 Import the fixture into a test module with
 ``from tests.node_fixtures import tmp_certs  # noqa: F401``.
@@ -28,6 +30,7 @@ import pytest
 from quicdist import Node
 from quicdist.certs import CertPaths, make_ca, make_node_cert
 from quicdist.errors import DiscoveryError
+from quicdist.tls import TLSConfig
 
 
 __all__ = [
@@ -36,8 +39,10 @@ __all__ = [
     "TIMEOUT",
     "DevCerts",
     "DictDiscovery",
+    "dev_tls",
     "make_node",
     "quicdist_threads",
+    "tls_config",
     "tmp_certs",
     "wait_until",
 ]
@@ -166,3 +171,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT,
 def quicdist_threads() -> set[threading.Thread]:
     """The live threads quicdist started (their names start with ``quicdist``)."""
     return {t for t in threading.enumerate() if t.name.startswith("quicdist")}
+
+
+def tls_config(cert: CertPaths, ca: CertPaths, verify: str = "verify_peer") -> TLSConfig:
+    """``cert`` (and its key) presented, peers checked against ``ca``."""
+    return TLSConfig(str(cert.certfile), str(cert.keyfile), str(ca.certfile), verify)
+
+
+def dev_tls(directory: str | os.PathLike[str], *names: str) -> tuple[TLSConfig, ...]:
+    """A new CA in ``directory`` and, for each node name, a certificate it signs."""
+    ca = make_ca(directory)
+    return tuple(tls_config(make_node_cert(directory, name, ca), ca) for name in names)

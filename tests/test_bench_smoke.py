@@ -24,21 +24,27 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m bench <args>`` from the repository root (bounded by ``timeout``)."""
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _assert_environment(doc, *keys: str) -> None:
+    """The run's ``environment`` block names the base facts and ``keys``."""
+    for key in ("python", "cpu_count", "git_head", "compiled_module_available", *keys):
+        assert key in doc["environment"], key
+
+
 def test_bench_etf_quick_pure_python_prints_complete_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "etf", "--quick", "--impl", "python"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
+    proc = _bench("etf", "--quick", "--impl", "python")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
 
     assert doc["benchmark"] == "etf"
     assert doc["errors"] == []
-    env = doc["environment"]
-    for key in ("python", "platform", "cpu_count", "git_head", "quicdist_version",
-                "compiled_module_available"):
-        assert key in env
-    assert isinstance(env["compiled_module_available"], bool)
+    _assert_environment(doc, "platform", "quicdist_version")
+    assert isinstance(doc["environment"]["compiled_module_available"], bool)
     assert list(doc["settings"]["implementations"]) == ["python"]
 
     assert set(doc["cases"]) == CASES
@@ -59,10 +65,7 @@ def test_bench_etf_quick_pure_python_prints_complete_json():
 
 
 def test_bench_rejects_an_unknown_implementation():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "etf", "--quick", "--impl", "nope"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
+    proc = _bench("etf", "--quick", "--impl", "nope")
     assert proc.returncode == 2
     assert "unknown implementation" in proc.stderr
     assert proc.stdout == ""
@@ -77,18 +80,13 @@ FRAMING_CASES = {
 
 
 def test_bench_framing_quick_pure_python_prints_complete_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "framing", "--quick", "--impl", "python"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )
+    proc = _bench("framing", "--quick", "--impl", "python", timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
 
     assert doc["benchmark"] == "framing"
     assert doc["errors"] == []
-    for key in ("python", "platform", "cpu_count", "git_head", "quicdist_version",
-                "compiled_module_available"):
-        assert key in doc["environment"]
+    _assert_environment(doc, "platform", "quicdist_version")
     assert list(doc["settings"]["implementations"]) == ["python"]
     assert set(doc["cases"]) == set(FRAMING_CASES)
     for case_id, key in FRAMING_CASES.items():
@@ -104,10 +102,7 @@ def test_bench_framing_quick_pure_python_prints_complete_json():
 
 
 def test_bench_framing_rejects_an_alternative_implementation():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "framing", "--quick", "--impl", "erlpack"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
+    proc = _bench("framing", "--quick", "--impl", "erlpack")
     assert proc.returncode == 2
     assert "unknown implementation" in proc.stderr and proc.stdout == ""
 
@@ -116,18 +111,13 @@ DIST_CASES = {"send_small_tuple", "reg_send_small_tuple", "monitor_p_name"}
 
 
 def test_bench_dist_quick_pure_python_prints_complete_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "dist", "--quick", "--impl", "python"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
+    proc = _bench("dist", "--quick", "--impl", "python")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
 
     assert doc["benchmark"] == "dist"
     assert doc["errors"] == []
-    for key in ("python", "platform", "cpu_count", "git_head", "quicdist_version",
-                "compiled_module_available"):
-        assert key in doc["environment"]
+    _assert_environment(doc, "platform", "quicdist_version")
     assert list(doc["settings"]["implementations"]) == ["python"]
     assert set(doc["cases"]) == DIST_CASES
     for case_id, case in doc["cases"].items():
@@ -149,21 +139,15 @@ def _is_cell(cell, keys):
 
 
 def test_bench_carrier_quick_prints_complete_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "carrier", "--quick", "--bulk-mib", "0.25",
-         "--rtt-count", "20", "--frames", "1000", "--timeout", "10"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
+    proc = _bench("carrier", "--quick", "--bulk-mib", "0.25", "--rtt-count", "20",
+                  "--frames", "1000", "--timeout", "10")
     # Exit 1 means `errors` is not empty (a wrong answer or a stalled run);
     # only the shape is checked here, so both are accepted if consistent.
     assert proc.returncode in (0, 1), proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["benchmark"] == "carrier"
     assert isinstance(doc["errors"], list) and bool(doc["errors"]) == (proc.returncode == 1)
-    env = doc["environment"]
-    for key in ("python", "cpu_count", "git_head", "compiled_module_available",
-                "compiled_extension_used_by_client", "aioquic_version"):
-        assert key in env
+    _assert_environment(doc, "compiled_extension_used_by_client", "aioquic_version")
     assert doc["settings"]["quick"] is True
     assert doc["settings"]["bulk_bytes"] == 256 * 1024
 
@@ -183,21 +167,15 @@ def test_bench_carrier_quick_prints_complete_json():
 
 
 def test_bench_node_quick_prints_complete_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "node", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )
+    proc = _bench("node", "--quick", timeout=120)
     # Exit 1 means `errors` is not empty: a lost, reordered or damaged
     # message, a wrong answer, or a run that could not complete.
     assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["benchmark"] == "node"
     assert doc["errors"] == []
-    env = doc["environment"]
-    for key in ("python", "cpu_count", "git_head", "compiled_module_available",
-                "quicdist_using_extension"):
-        assert key in env
-    assert isinstance(env["quicdist_using_extension"], bool)
+    _assert_environment(doc, "quicdist_using_extension")
+    assert isinstance(doc["environment"]["quicdist_using_extension"], bool)
     assert doc["settings"]["quick"] is True
     assert isinstance(doc["peer"]["compiled_extension_used"], bool)
 
@@ -227,19 +205,14 @@ INTEROP_DIRECTIONS = {"python_to_erlang", "erlang_to_erlang", "erlang_to_python"
 @pytest.mark.erl
 @NEEDS_ERL
 def test_bench_interop_quick_prints_complete_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "interop", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )
+    proc = _bench("interop", "--quick", timeout=120)
     # Exit 1 means `errors` is not empty: a lost, reordered or damaged
     # message, a wrong echo, or a run that could not complete.
     assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["benchmark"] == "interop"
     assert doc["errors"] == []
-    for key in ("python", "cpu_count", "git_head", "compiled_module_available",
-                "quicdist_using_extension"):
-        assert key in doc["environment"]
+    _assert_environment(doc, "quicdist_using_extension")
     assert doc["erlang"]["otp_release"] and doc["erlang"]["erts_version"]
     assert doc["settings"]["quick"] is True
 
@@ -265,19 +238,14 @@ def test_bench_interop_quick_prints_complete_json():
 
 
 def test_bench_streams_quick_prints_complete_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "streams", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
-    )
+    proc = _bench("streams", "--quick", timeout=180)
     # Exit 1 means `errors` is not empty: damaged or lost stream bytes, a
     # wrong echo, or a run that could not complete (the baselines included).
     assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["benchmark"] == "streams"
     assert doc["errors"] == []
-    for key in ("python", "cpu_count", "git_head", "compiled_module_available",
-                "quicdist_using_extension", "aioquic_version"):
-        assert key in doc["environment"]
+    _assert_environment(doc, "quicdist_using_extension", "aioquic_version")
     assert doc["settings"]["quick"] is True
     assert isinstance(doc["peer"]["compiled_extension_used"], bool)
 

@@ -33,6 +33,7 @@ from quicdist.events import (
 from quicdist.sync import Listener, connect
 from quicdist.sync.utils import open_fd_count
 from quicdist.tls import TLSConfig
+from tests.node_fixtures import tls_config
 
 
 TIMEOUT = 10.0 * float(os.environ.get("QUICDIST_TESTS_TIMEOUT_FACTOR", "1"))
@@ -55,15 +56,13 @@ def certs(tmp_path_factory) -> Certs:
     other = make_ca(d / "other")
     now = dt.datetime.now(dt.UTC)
 
-    def cfg(paths, verify="verify_peer"):
-        return TLSConfig(str(paths.certfile), str(paths.keyfile), str(ca.certfile), verify)
-
     return Certs(
-        a=cfg(make_node_cert(d, "a@127.0.0.1", ca)),
-        b=cfg(make_node_cert(d, "b@127.0.0.1", ca)),
-        stranger=cfg(make_node_cert(d / "other", "x@127.0.0.1", other)),
-        expired=cfg(make_node_cert(d, "old@127.0.0.1", ca, not_before=now - dt.timedelta(days=9),
-                                   not_after=now - dt.timedelta(days=1))),
+        a=tls_config(make_node_cert(d, "a@127.0.0.1", ca), ca),
+        b=tls_config(make_node_cert(d, "b@127.0.0.1", ca), ca),
+        stranger=tls_config(make_node_cert(d / "other", "x@127.0.0.1", other), ca),
+        expired=tls_config(make_node_cert(d, "old@127.0.0.1", ca,
+                                          not_before=now - dt.timedelta(days=9),
+                                          not_after=now - dt.timedelta(days=1)), ca),
     )
 
 
@@ -373,6 +372,7 @@ def test_a_stalled_stream_starves_neither_other_streams_nor_dist_messages(certs,
             writer.join(TIMEOUT)
             client.close()
             filler.join(TIMEOUT)
+            assert not writer.is_alive() and not filler.is_alive()
             assert not failures, failures
 
 

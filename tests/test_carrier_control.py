@@ -11,28 +11,20 @@ import os
 
 import pytest
 
-from quicdist.certs import make_ca, make_node_cert
 from quicdist.errors import LocalProtocolError
 from quicdist.events import ControlData, HandshakeCompleted
 from quicdist.sync import Listener, connect
 from quicdist.sync.utils import open_fd_count
 from quicdist.tls import TLSConfig
+from tests.node_fixtures import dev_tls
 
 
 TIMEOUT = 10.0 * float(os.environ.get("QUICDIST_TESTS_TIMEOUT_FACTOR", "1"))
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory) -> tuple[TLSConfig, TLSConfig]:
-    d = tmp_path_factory.mktemp("control-certs")
-    ca = make_ca(d)
-
-    def cfg(name: str) -> TLSConfig:
-        paths = make_node_cert(d, name, ca)
-        return TLSConfig(str(paths.certfile), str(paths.keyfile), str(ca.certfile),
-                         "verify_peer")
-
-    return cfg("a@127.0.0.1"), cfg("b@127.0.0.1")
+def tls(tmp_path_factory) -> tuple[TLSConfig, ...]:
+    return dev_tls(tmp_path_factory.mktemp("control-certs"), "a@127.0.0.1", "b@127.0.0.1")
 
 
 @pytest.fixture

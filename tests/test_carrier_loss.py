@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-from quicdist.certs import make_ca, make_node_cert
 from quicdist.config import CarrierConfig
 from quicdist.errors import QuicDistTimeoutError
 from quicdist.events import (
@@ -33,6 +32,7 @@ from quicdist.sync.utils import open_fd_count
 from quicdist.tls import TLSConfig
 
 from .lossy_relay import C2T, T2C, LossyRelay
+from .node_fixtures import dev_tls
 
 
 TIMEOUT = 10.0 * float(os.environ.get("QUICDIST_TESTS_TIMEOUT_FACTOR", "1"))
@@ -40,16 +40,8 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory) -> tuple[TLSConfig, TLSConfig]:
-    d = tmp_path_factory.mktemp("loss-certs")
-    ca = make_ca(d)
-
-    def cfg(name: str) -> TLSConfig:
-        paths = make_node_cert(d, name, ca)
-        return TLSConfig(str(paths.certfile), str(paths.keyfile), str(ca.certfile),
-                         "verify_peer")
-
-    return cfg("a@127.0.0.1"), cfg("b@127.0.0.1")
+def tls(tmp_path_factory) -> tuple[TLSConfig, ...]:
+    return dev_tls(tmp_path_factory.mktemp("loss-certs"), "a@127.0.0.1", "b@127.0.0.1")
 
 
 def leftover_threads(before: set[threading.Thread]) -> set[threading.Thread]:
@@ -307,4 +299,4 @@ def test_a_connection_survives_a_burst_of_total_loss(tls, no_leaks):
                 if isinstance(event, DistFrames):
                     frames += event.frames
             assert frames == [b"during %d" % i for i in range(100)]
-    assert relay.stats.dropped[C2T] >= 4 and relay.stats.dropped[T2C] >= 0
+    assert relay.stats.dropped[C2T] >= 4

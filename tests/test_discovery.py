@@ -272,7 +272,7 @@ def test_static_concurrent_add_remove():
     barrier = threading.Barrier(8)
 
     def work(t):
-        barrier.wait()
+        barrier.wait(timeout=10)
         for i in range(200):
             table.add(f"n{t}_{i}@host", "h", 1 + i)
             if i % 2:

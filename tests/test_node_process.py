@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from quicdist.certs import make_dev_certs
 from quicdist.discovery import DnsSrvDiscovery
 from quicdist.errors import DiscoveryError
 from tests.lossy_relay import LossyRelay
+from tests.node_fixtures import wait_until
 
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
@@ -231,16 +232,6 @@ def start_peer(peers: list[PeerNode], name: str, certs: Certs, node: Node | None
     peer = PeerNode.start(name, certs, *extra, lifetime=lifetime)
     peers.append(peer)
     return peer
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT,
-               what: str = "condition") -> None:
-    """Poll state no event announces (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.01)
 
 
 def round_trip(node: Node, echo_pid: Pid, payload: object = b"hi") -> None:

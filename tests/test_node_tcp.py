@@ -137,6 +137,7 @@ def test_10k_messages_arrive_in_order(pair: tuple[Node, Node]) -> None:
         got = [receiver.receive(TIMEOUT) for _ in range(count)]
     finally:
         thread.join(TIMEOUT)
+    assert not thread.is_alive()
     assert got == list(range(count))
     # And the other way, interleaved with a message larger than the writer's
     # chunk and the send buffer's half (it leaves in pieces).

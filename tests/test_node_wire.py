@@ -16,7 +16,7 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -32,6 +32,7 @@ from quicdist.errors import (
 from quicdist.flags import QUICDIST_FLAGS, DistFlag
 from quicdist.handshake import digest
 from quicdist.tls import TLSConfig
+from tests.node_fixtures import wait_until
 from tests.raw_peer import (
     TIMEOUT,
     RawPeer,
@@ -97,16 +98,6 @@ def peer(node, wire_certs) -> Iterator[RawPeer]:
         yield p
     finally:
         p.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT,
-               what: str = "condition") -> None:
-    """Poll a node's state (bounded); for state no event announces."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.01)
 
 
 def pass_through(control: bytes, message: bytes | None = None) -> bytes:
@@ -1048,12 +1039,12 @@ def test_stream_and_message_that_overtake_the_challenge_ack_are_kept(wire_certs,
                                                               Atom("early"))))
         # Both reach the node before the ack (no event says so: poll, bounded).
         dialing = node._dialing[target]
-        limit = time.monotonic() + TIMEOUT
+
         def kinds() -> set[str]:
             return {type(e).__name__ for e in list(dialing.early)}
 
-        while not {"DistFrames", "UserStreamData"} <= kinds() and time.monotonic() < limit:
-            threading.Event().wait(0.01)
+        wait_until(lambda: {"DistFrames", "UserStreamData"} <= kinds(),
+                   what="the stream and the message held before the ack")
         seen = kinds()
         assert {"DistFrames", "UserStreamData"} <= seen, seen
         for message in ack:
@@ -1062,6 +1053,7 @@ def test_stream_and_message_that_overtake_the_challenge_ack_are_kept(wire_certs,
         assert results.get("ok") is True
         assert box.receive(TIMEOUT) == Atom("early")
         stream = acceptor.accept(timeout=TIMEOUT)
+        stream.settimeout(TIMEOUT)
         assert b"".join(stream) == b"before the ack"
     finally:
         node.stop()

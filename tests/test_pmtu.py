@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from quicdist.certs import make_dev_certs
 from quicdist.config import CarrierConfig
 from quicdist.events import HandshakeCompleted, UserStreamData
 from quicdist.protocol import BytesOutbox, CarrierConnection, CarrierProtocol
-from quicdist.tls import TLSConfig, quic_configuration
+from quicdist.tls import quic_configuration
+from tests.node_fixtures import dev_tls
 
 
 CLIENT_ADDR = ("10.0.0.1", 1111)
@@ -21,11 +21,7 @@ SERVER_ADDR = ("10.0.0.2", 4433)
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pmtu-certs")
-    made = make_dev_certs(d, ["c", "s"])
-    ca = str(made["ca"].certfile)
-    return (TLSConfig(str(made["c"].certfile), str(made["c"].keyfile), ca, "verify_peer"),
-            TLSConfig(str(made["s"].certfile), str(made["s"].keyfile), ca, "verify_peer"))
+    return dev_tls(tmp_path_factory.mktemp("pmtu-certs"), "c", "s")
 
 
 class Path:

@@ -47,6 +47,7 @@ from quicdist.protocol import BytesOutbox, CarrierConnection, CarrierProtocol
 from quicdist.sync.outbox import FrameOutbox
 from quicdist.tls import TLSConfig, quic_configuration
 
+from .node_fixtures import tls_config
 from .quic_harness import (
     C2S,
     S2C,
@@ -82,14 +83,10 @@ def certs(tmp_path_factory) -> Certs:
     ca = make_ca(d)
     other = make_ca(d / "other")
 
-    def cfg(paths) -> TLSConfig:
-        return TLSConfig(str(paths.certfile), str(paths.keyfile), str(ca.certfile),
-                         "verify_peer")
-
     return Certs(
-        client=cfg(make_node_cert(d, "client@127.0.0.1", ca)),
-        server=cfg(make_node_cert(d, "server@127.0.0.1", ca)),
-        stranger=cfg(make_node_cert(d / "other", "x@127.0.0.1", other)),
+        client=tls_config(make_node_cert(d, "client@127.0.0.1", ca), ca),
+        server=tls_config(make_node_cert(d, "server@127.0.0.1", ca), ca),
+        stranger=tls_config(make_node_cert(d / "other", "x@127.0.0.1", other), ca),
     )
 
 

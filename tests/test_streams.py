@@ -34,7 +34,6 @@ from quicdist.errors import (
     StreamReset,
 )
 from quicdist.events import UserStreamData, UserStreamReset
-from quicdist.tls import TLSConfig
 from tests.node_fixtures import (
     COOKIE,
     HOST,
@@ -42,6 +41,7 @@ from tests.node_fixtures import (
     DevCerts,
     DictDiscovery,
     make_node,
+    tls_config,
     tmp_certs,  # noqa: F401 (a fixture)
 )
 from tests.raw_peer import RawPeer
@@ -227,6 +227,7 @@ def test_a_mailbox_owner_gets_the_erlang_message_shapes(nodes):
     assert inbox.receive(TIMEOUT) == (TAG, server, (DATA, b"", True))
     server.send(b"bye", fin=True)  # any thread acts for a Mailbox owner
     assert inbox.receive(TIMEOUT) == (TAG, server, CLOSED)
+    ref.settimeout(TIMEOUT)
     assert b"".join(ref) == b"bye" and ref.closed
     # A reset reaches it as ("reset", Code).
     ref2 = a.open_stream(b.name)
@@ -298,6 +299,7 @@ def test_send_after_close_close_and_reset_are_idempotent(nodes):
     a, b = nodes
     serve_in_thread(b.accept_streams(a.name), echo)
     ref = a.open_stream(b.name)
+    ref.settimeout(TIMEOUT)
     ref.send(b"ping")
     ref.close()
     ref.close()
@@ -348,8 +350,10 @@ def test_recv_sizes_iteration_and_context_manager(nodes):
     a, b = nodes
     acceptor = b.accept_streams(a.name)
     with a.open_stream(b.name) as ref:
+        ref.settimeout(TIMEOUT)  # bounds the iterations below
         ref.send(b"abcdefgh")
         server = acceptor.accept(TIMEOUT)
+        server.settimeout(TIMEOUT)
         assert server.recv(3, timeout=TIMEOUT) == b"abc"
         assert server.recv(2, timeout=TIMEOUT) == b"de"
         assert server.recv(timeout=TIMEOUT) == b"fgh"
@@ -374,6 +378,7 @@ def test_makefile_text_and_binary(nodes):
 
     serve_in_thread(b.accept_streams(a.name), upper_lines)
     ref = a.open_stream(b.name)
+    ref.settimeout(TIMEOUT)  # bounds the readline() calls
     with ref.makefile("rw", encoding="utf-8", newline="\n") as f:
         f.write("hello\nwörld\n")
         f.flush()
@@ -483,6 +488,7 @@ def test_stop_wakes_accept_recv_and_send(spawn):
     b.stop()
     for thread in threads:
         thread.join(TIMEOUT)
+    assert not [t for t in threads if t.is_alive()], "b.stop() did not wake every call"
     assert isinstance(results["accept"], NodeDown), results
     assert isinstance(results["recv"], NodeDown), results
     assert isinstance(results["send"], NodeDown), results
@@ -508,6 +514,7 @@ def test_many_streams_do_not_use_up_the_connection_window(spawn):
         ref.send(os.urandom(50 * KIB + i), fin=True)
         server = acceptor.accept(TIMEOUT)
         if i % 3 == 0:
+            server.settimeout(TIMEOUT)
             assert len(b"".join(server)) == 50 * KIB + i
             server.close()
             assert ref.recv(timeout=TIMEOUT) == b""
@@ -541,8 +548,7 @@ def test_many_streams_do_not_use_up_the_connection_window(spawn):
 @pytest.fixture
 def raw(tmp_certs: DevCerts, spawn) -> Iterator[tuple[Node, RawPeer]]:  # noqa: F811
     node = spawn("n")
-    tls = TLSConfig(str(tmp_certs.node.certfile), str(tmp_certs.node.keyfile),
-                    str(tmp_certs.ca.certfile), "verify_peer")
+    tls = tls_config(tmp_certs.node, tmp_certs.ca)
     peer = RawPeer.connected(node.port, tls, node.name, cookie=COOKIE)
     try:
         yield node, peer
@@ -573,6 +579,7 @@ def test_garbage_and_resets_on_unknown_streams_are_refused_or_ignored(raw):
     sid3, outbox3 = peer.conn.open_stream()
     outbox3.write(b"real", fin=True)
     server = acceptor.accept(TIMEOUT)
+    server.settimeout(TIMEOUT)
     assert server.stream_id == sid3 and b"".join(server) == b"real"
     server.send(b"answer", fin=True)
     event = peer.expect_user_event(lambda e: isinstance(e, UserStreamData) and e.fin)
@@ -588,8 +595,7 @@ def test_garbage_on_a_stream_below_the_user_threshold_closes_only_that_connectio
     _quic(peer, lambda quic: quic.send_stream_data(8, b"\xff\xff\xff\xff not a frame"))
     closed = peer.expect_closed()
     assert isinstance(closed, ConnectionClosed) and closed.error_code == 0x2  # FrameError
-    tls = TLSConfig(str(tmp_certs.node.certfile), str(tmp_certs.node.keyfile),
-                    str(tmp_certs.ca.certfile), "verify_peer")
+    tls = tls_config(tmp_certs.node, tmp_certs.ca)
     again = RawPeer.connected(node.port, tls, node.name, cookie=COOKIE)
     try:
         again.barrier()
@@ -607,8 +613,7 @@ def test_a_peer_opening_more_streams_than_allowed_is_closed(raw, tmp_certs):  # 
     _quic(peer, overrun)
     closed = peer.expect_closed()
     assert closed.error_code == 0x4  # STREAM_LIMIT_ERROR
-    tls = TLSConfig(str(tmp_certs.node.certfile), str(tmp_certs.node.keyfile),
-                    str(tmp_certs.ca.certfile), "verify_peer")
+    tls = tls_config(tmp_certs.node, tmp_certs.ca)
     again = RawPeer.connected(node.port, tls, node.name, cookie=COOKIE)
     try:
         again.barrier()
@@ -638,6 +643,7 @@ def test_bytes_that_arrive_after_a_reset_are_not_a_new_stream(raw):
     marker_outbox.write(b"marker", fin=True)
     following = acceptor.accept(TIMEOUT)
     assert following.stream_id == marker != sid
+    following.settimeout(TIMEOUT)
     assert b"".join(following) == b"marker"
     assert len(acceptor) == 0
     peer.barrier()

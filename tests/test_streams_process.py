@@ -99,6 +99,7 @@ def test_request_response_both_ways(proc_certs, peers):  # noqa: F811
         peer.ask(f"accept {node.name} 1 sha", "ACCEPTING")
         request = os.urandom(100_000)
         with node.open_stream(PEER) as ref:
+            ref.settimeout(TIMEOUT)
             ref.send(request, fin=True)
             answer = b"".join(ref)
         assert answer == f"{len(request)} {hashlib.sha256(request).hexdigest()}".encode()
@@ -114,6 +115,7 @@ def test_request_response_both_ways(proc_certs, peers):  # noqa: F811
         server = acceptor.accept(TIMEOUT)
         assert server.owner is threading.current_thread()
         assert server.node == PEER and server.stream_id % 2 == 1  # opened by the listener
+        server.settimeout(TIMEOUT)
         assert b"".join(server) == b"what time is it"
         server.send(b"tea time", fin=True)
         assert peer.expect("READ")[1:] == ["q", "tea", "time", "EOF"]
@@ -133,6 +135,7 @@ def test_acceptor_pool_round_robin_with_four_acceptor_threads(proc_certs, peers)
             try:
                 for _ in range(3):
                     ref = acceptors[k].accept(TIMEOUT)
+                    ref.settimeout(TIMEOUT)
                     served[k].append(ref.stream_id)
                     ref.send(b"".join(ref) + b"!", fin=True)
             except BaseException as exc:  # noqa: BLE001 - reported below
@@ -369,6 +372,7 @@ def test_a_thousand_concurrent_streams_on_one_connection(proc_certs, peers):  # 
         for ref, request in zip(refs, requests, strict=True):
             ref.send(request, fin=True)
         for ref, request in zip(refs, requests, strict=True):
+            ref.settimeout(TIMEOUT)
             assert b"".join(ref) == request
             assert ref.closed
         assert node.list_streams() == []
@@ -382,6 +386,7 @@ def _big_transfer(node: Node, peer: PeerNode, mib: int) -> None:
     digest = hashlib.sha256()
     block = os.urandom(MIB)
     with node.open_stream(PEER) as ref:
+        ref.settimeout(TIMEOUT)  # each send and recv (the peer reads as it comes)
         for i in range(mib):
             # A different MiB each time (the first 8 bytes count up).
             piece = i.to_bytes(8, "big") + block[8:]
