@@ -44,7 +44,7 @@ from ..events import (
 from ..protocol import CarrierConnection, CarrierProtocol
 from ..tls import TLSConfig, quic_configuration
 from .outbox import FrameOutbox, StreamOutbox
-from .udp import UdpIO, path_mtu_payload, set_dont_fragment
+from .udp import UdpIO, connected_socket, path_mtu_payload, set_dont_fragment
 from .utils import Deadline, Wakeup
 
 
@@ -82,6 +82,7 @@ class Connection:
         name: str,
         on_event: EventHandler | None = None,
         on_routes: Callable[[Connection, CarrierEvent], None] | None = None,
+        direct_addr: Any = None,
     ) -> None:
         self.protocol = protocol
         self.peer = peer
@@ -89,6 +90,11 @@ class Connection:
         self.is_client = protocol.is_client
         self._sock = sock
         self._owns_socket = owns_socket
+        #: the socket this connection reads itself and closes: its own when
+        #: it dialed; for an accepted one, the connected socket it may get
+        #: once the handshake is done (direct_addr, :meth:`_go_direct`).
+        self._own_sock: socket.socket | None = sock if owns_socket else None
+        self._direct_addr = direct_addr
         self._on_event = on_event
         self._on_routes = on_routes
         self._events: queue.SimpleQueue[CarrierEvent] = queue.SimpleQueue()
@@ -115,6 +121,9 @@ class Connection:
         self._selector: selectors.BaseSelector | None = None
         self._want_writable = False
         self._udp = UdpIO(sock, connected=owns_socket, peer=peer, gro=owns_socket)
+        #: the listener's socket, once the connection has its own (sends to
+        #: an address other than the peer's, after a migration, go there).
+        self._shared_udp: UdpIO | None = None
         config = protocol.config
         self.dist_outbox = FrameOutbox(config.send_buffer,
                                        lambda: self._mark_ready(protocol.dist_stream))
@@ -366,32 +375,51 @@ class Connection:
                 protocol.connect(self.peer, time.monotonic())
             if protocol.config.pmtu_discovery:
                 protocol.set_path_mtu(path_mtu_payload(self._sock.family, self.peer))
+            inbound_empty = self._inbound.empty
+            ready = self._ready
+            commands = self._commands
+            backlog = self._backlog
+            timer = protocol.get_timer()
             while True:
-                timer = protocol.get_timer()
                 now = time.monotonic()
                 wait = None if timer is None else max(timer - now, 0.0)
-                if not (self._ready.empty() and self._commands.empty()):
+                if not (ready.empty() and commands.empty()):
                     wait = 0.0  # work queued from this thread (no wake-up byte)
-                for key, _ in selector.select(wait):
+                readable = False
+                for key, mask in selector.select(wait):
                     if key.fileobj is self._wakeup:
                         self._wakeup.drain()
+                    elif mask & selectors.EVENT_READ:
+                        readable = True
                 now = time.monotonic()
-                if self._owns_socket:
-                    self._read_socket(now)
-                self._drain_inbound(now)
-                timer = protocol.get_timer()
+                # Only what changed the connection's state can give aioquic
+                # something to send; an iteration with none of it (a wake-up
+                # whose command was already run, an early timer) skips the
+                # costly datagrams_to_send().
+                work = readable and self._read_socket(now)
+                if not inbound_empty():
+                    self._drain_inbound(now)
+                    work = True
                 if timer is not None and now >= timer:
                     protocol.handle_timer(now)
+                    work = True
                 # Events first: what handlers send in answer (on this thread)
                 # leaves in this very iteration.
-                self._dispatch(protocol.next_events())
-                self._run_commands()
-                self._drain_ready()
-                self._transmit(now)
-                self._dispatch(protocol.next_events())
+                if self._dispatch(protocol.next_events()):
+                    work = True
+                if not commands.empty():
+                    self._run_commands()
+                    work = True
+                if not ready.empty():
+                    self._drain_ready()
+                    work = True
+                if work or backlog:
+                    self._transmit(now)
+                    self._dispatch(protocol.next_events())
                 if protocol.closed is not None:
                     self._transmit(time.monotonic())
                     break
+                timer = protocol.get_timer()
         except BaseException as exc:  # a bug: report it once, fail everything cleanly
             logger.error("I/O thread of %s failed", self.name, exc_info=True)
             error = ConnectionClosedError(f"I/O thread failed: {exc!r}", initiated_locally=True)
@@ -405,10 +433,11 @@ class Connection:
             with self._lock:
                 self._closing = True
             self._wakeup.close()
-            if self._owns_socket:
-                self._sock.close()
+            if self._own_sock is not None:
+                self._own_sock.close()
 
-    def _read_socket(self, now: float) -> None:
+    def _read_socket(self, now: float) -> bool:
+        """Feed what the socket holds (a batch); True if anything happened."""
         protocol = self.protocol
         try:
             datagrams = self._udp.recv(_READ_BATCH)
@@ -421,9 +450,10 @@ class Connection:
                 self._terminate(ConnectionClosedError(
                     f"nobody listens at {self.peer} (ICMP port unreachable)",
                     initiated_locally=True))
-            return
+            return True
         for data, addr in datagrams:
             protocol.receive_datagram(data, addr, now)
+        return bool(datagrams)
 
     def _drain_inbound(self, now: float) -> None:
         inbound = self._inbound
@@ -464,39 +494,50 @@ class Connection:
         # wait, no new ones are made (aioquic counts them in flight already:
         # dropping them would look like loss and stall on the PTO timer).
         backlog = self._backlog
-        udp = self._udp
+        if backlog:
+            self._send_backlog()
         if not backlog:
+            # One call gives all that congestion control allows now; asking
+            # again at once would only build (and drop) an empty packet.
             backlog.extend(self.protocol.datagrams_to_send(now))
-        while backlog:
-            udp.send(backlog)
-            if udp.too_big:
-                udp.too_big = False
-                self.protocol.path_mtu_exceeded()
-                self.protocol.set_path_mtu(path_mtu_payload(self._sock.family, self.peer))
             if backlog:
-                break  # the socket is full: wait until it is writable
-            backlog.extend(self.protocol.datagrams_to_send(now))
+                self._send_backlog()
         want = bool(backlog)
         if want != self._want_writable:
             self._want_writable = want
             self._update_selector(want)
 
+    def _send_backlog(self) -> None:
+        udp = self._udp
+        backlog = self._backlog
+        if self._shared_udp is not None and (backlog[0][1] != self.peer
+                                             or backlog[-1][1] != self.peer):
+            udp = self._shared_udp  # (the connected socket only reaches the peer)
+        udp.send(backlog)
+        if udp.too_big:
+            udp.too_big = False
+            self.protocol.path_mtu_exceeded()
+            self.protocol.set_path_mtu(path_mtu_payload(self._sock.family, self.peer))
+
     def _update_selector(self, want_write: bool) -> None:
         selector = self._selector
         if selector is None:
             return
-        if self._owns_socket:
+        if self._own_sock is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
-            selector.modify(self._sock, events)
+            selector.modify(self._own_sock, events)
         elif want_write:
             selector.register(self._sock, selectors.EVENT_WRITE)
         else:
             selector.unregister(self._sock)
 
-    def _dispatch(self, events: list[CarrierEvent]) -> None:
+    def _dispatch(self, events: list[CarrierEvent]) -> bool:
+        """Hand ``events`` on; True if there were any."""
         for event in events:
             if isinstance(event, HandshakeCompleted):
                 self.protocol.set_outbox(self.protocol.dist_stream, self.dist_outbox, 1)
+                if self._direct_addr is not None:
+                    self._go_direct()
                 self._handshake.set()
                 self._settled.set()
             elif isinstance(event, ConnectionIdIssued | ConnectionIdRetired):
@@ -512,6 +553,33 @@ class Connection:
                     logger.exception("event handler failed on %s for %r", self.name, event)
             else:
                 self._events.put(event)
+        return bool(events)
+
+    def _go_direct(self) -> None:
+        """An accepted connection takes its peer's datagrams on a connected
+        socket of its own from now on (CarrierConfig.connected_sockets).
+
+        I/O thread only. On failure nothing changes: the listener keeps
+        routing, as it does for whatever still reaches its socket.
+        """
+        local, self._direct_addr = self._direct_addr, None
+        selector = self._selector
+        if selector is None:
+            return
+        try:
+            sock = connected_socket(self._sock.family, local, self.peer)
+        except OSError as exc:
+            logger.debug("%s: no connected socket (%s); the listener routes", self.name, exc)
+            return
+        tune_socket(sock)
+        set_dont_fragment(sock)
+        if self._want_writable:  # the shared socket was watched for room
+            selector.unregister(self._sock)
+            self._want_writable = False
+        selector.register(sock, selectors.EVENT_READ)
+        self._own_sock = sock
+        self._shared_udp = self._udp
+        self._udp = UdpIO(sock, connected=True, peer=self.peer)
 
     def _terminate(self, error: ConnectionClosed) -> None:
         if self._close_error is not None:

@@ -4,7 +4,10 @@ A :class:`Listener` owns one UDP socket and one thread that reads it. Each
 datagram goes to the connection its destination connection ID belongs to
 (IDs are registered as connections issue and retire them); an Initial
 packet with an unknown ID starts a new connection with its own I/O thread.
-Connections send their datagrams on the shared socket themselves.
+Connections send their datagrams on the shared socket themselves, or, once
+their handshake is done, on a socket of their own connected to the peer
+that the kernel also delivers the peer's datagrams to
+(``CarrierConfig.connected_sockets``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..events import (
 from ..protocol import CarrierConnection, CarrierProtocol
 from ..tls import TLSConfig, quic_configuration
 from .connection import Connection, EventHandler, tune_socket
-from .udp import UdpIO, set_dont_fragment
+from .udp import UdpIO, allow_connected_sockets, set_dont_fragment
 from .utils import Wakeup
 
 
@@ -209,6 +212,9 @@ class Listener(AcceptingListener[Connection]):
             tune_socket(sock)
             set_dont_fragment(sock)
             self._udp = UdpIO(sock, connected=False)
+            #: where accepted connections bind their connected sockets (None: they do not)
+            self._direct_addr = (allow_connected_sockets(sock) if self.config.connected_sockets
+                                 else None)
         except BaseException:
             sock.close()
             raise
@@ -266,7 +272,8 @@ class Listener(AcceptingListener[Connection]):
         protocol = CarrierProtocol(quic, self.config)
         connection = Connection(protocol, self._sock, addr, owns_socket=False,
                                 name=f"{self.name}<-{addr[0]}:{addr[1]}",
-                                on_event=self._event, on_routes=self._routes_changed)
+                                on_event=self._event, on_routes=self._routes_changed,
+                                direct_addr=self._direct_addr)
         self._routes[original_cid] = connection
         self._routes[quic.host_cid] = connection
         self._connections.add(connection)

@@ -19,7 +19,8 @@ from collections import deque
 from typing import Any
 
 
-__all__ = ["UdpIO", "path_mtu_payload", "set_dont_fragment"]
+__all__ = ["UdpIO", "allow_connected_sockets", "connected_socket", "path_mtu_payload",
+           "set_dont_fragment"]
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -160,6 +161,48 @@ _IPV6_PMTUDISC_DO = 2
 _IPV6_MTU = 24
 _UDP_IPV4_OVERHEAD = 28
 _UDP_IPV6_OVERHEAD = 48
+
+
+def allow_connected_sockets(sock: socket.socket) -> Any:
+    """Let connected sockets share a bound listening socket's address.
+
+    Sets ``SO_REUSEPORT`` *after* the bind, so binding itself still fails
+    when the port is taken (and an ephemeral port is never one another
+    socket holds). Returns the address connected sockets bind to, or None
+    when they cannot be used: a wildcard address (the local address a peer
+    dialed is then unknown) or a kernel without ``SO_REUSEPORT``.
+    """
+    reuseport = getattr(socket, "SO_REUSEPORT", None)
+    if reuseport is None:
+        return None
+    addr = sock.getsockname()
+    try:
+        if socket.inet_pton(sock.family, addr[0]) == bytes(
+                4 if sock.family == socket.AF_INET else 16):
+            return None  # the wildcard
+        sock.setsockopt(socket.SOL_SOCKET, reuseport, 1)
+    except (OSError, ValueError):
+        return None
+    return addr
+
+
+def connected_socket(family: int, local: Any, peer: Any) -> socket.socket:
+    """A non-blocking UDP socket bound to ``local`` (a listener's address, see
+    :func:`allow_connected_sockets`) and connected to ``peer``.
+
+    The kernel delivers ``peer``'s datagrams to ``local`` to this socket
+    rather than to the listener's. Raises OSError when it cannot be made.
+    """
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(local)
+        sock.connect(peer)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def set_dont_fragment(sock: socket.socket) -> None:
