@@ -1,0 +1,292 @@
+"""The carrier's cheaper steady state: the pacer's burst, the pruned send
+queue, and accepted connections reading a connected socket of their own.
+
+Sans-I/O where the property is about aioquic state (make_link from
+test_protocol), real sockets on 127.0.0.1 where it is about the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from aioquic.quic.recovery import QuicPacketPacer
+
+from quicdist.certs import make_ca, make_node_cert
+from quicdist.config import CarrierConfig
+from quicdist.events import HandshakeCompleted, UserStreamData, UserStreamReset
+from quicdist.layout import reserved_streams
+from quicdist.protocol import BurstPacer, BytesOutbox
+from quicdist.sync import Listener, connect
+from quicdist.sync.utils import open_fd_count
+from tests.node_fixtures import tls_config
+from tests.quic_harness import S2C
+from tests.test_carrier import TIMEOUT, events_until, quicdist_threads
+from tests.test_protocol import Certs, attach_dist_outbox, make_link, open_user
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Certs:
+    d = tmp_path_factory.mktemp("steady-certs")
+    ca = make_ca(d)
+    return Certs(client=tls_config(make_node_cert(d, "client@127.0.0.1", ca), ca),
+                 server=tls_config(make_node_cert(d, "server@127.0.0.1", ca), ca),
+                 stranger=tls_config(make_node_cert(d, "x@127.0.0.1", ca), ca))
+
+
+@pytest.fixture
+def no_leaks():
+    threads, fds = quicdist_threads(), open_fd_count()
+    yield
+    for thread in quicdist_threads() - threads:
+        thread.join(TIMEOUT)
+    assert not (quicdist_threads() - threads), "I/O threads survived the test"
+    assert open_fd_count() == fds, "file descriptors leaked"
+
+
+MDS = 1452
+
+
+# --------------------------------------------------------------------------
+# The pacer
+# --------------------------------------------------------------------------
+
+def burst(pacer: QuicPacketPacer, now: float) -> int:
+    """Packets the pacer lets out at one instant (the clock does not move
+    within one datagrams_to_send call)."""
+    pacer.update_bucket(now=now)
+    count = 0
+    while pacer.next_send_time(now=now) is None and count < 1000:
+        pacer.update_after_send(now=now)
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("cwnd, srtt", [
+    (34_000_000, 0.001),   # loopback after slow start: ~34 GB/s
+    (8_000_000, 0.0001),
+    (200_000_000, 0.001),
+])
+def test_the_burst_holds_packets_even_at_rates_past_the_per_packet_floor(cwnd, srtt):
+    ours = BurstPacer(max_datagram_size=MDS)
+    theirs = QuicPacketPacer(max_datagram_size=MDS)
+    for pacer in (ours, theirs):
+        pacer.update_rate(cwnd, srtt)
+    # aioquic's floor of 1 µs per packet leaves its bucket under one packet
+    # (the condition the subclass exists for) ...
+    assert burst(theirs, 10.0) <= 1
+    # ... while ours lets out the 16 packets aioquic's arithmetic asks for.
+    assert burst(ours, 10.0) == 16
+
+
+@pytest.mark.parametrize("cwnd, srtt", [(14_520, 0.1), (1_000_000, 0.05), (100_000, 0.001)])
+def test_below_the_floor_the_pacer_is_aioquics(cwnd, srtt):
+    ours = BurstPacer(max_datagram_size=MDS)
+    theirs = QuicPacketPacer(max_datagram_size=MDS)
+    for pacer in (ours, theirs):
+        pacer.update_rate(cwnd, srtt)
+    assert (ours.bucket_max, ours.packet_time) == (theirs.bucket_max, theirs.packet_time)
+    assert burst(ours, 5.0) == burst(theirs, 5.0)
+
+
+def test_one_send_call_builds_a_burst_on_a_fast_path(certs):
+    """End to end through aioquic: with a loopback-sized window and RTT one
+    datagrams_to_send() call gives many packets, not one."""
+    link = make_link(certs, CarrierConfig(pmtu_discovery=False))
+    client = link.client
+    loss = client.quic._loss
+    loss._cc.congestion_window = 34_000_000
+    loss._pacer.update_rate(34_000_000, 0.001)
+    open_user(client, os.urandom(256 * 1024), fin=True)
+    now = link.now + 1.0
+    loss._pacer.update_bucket(now=now)
+    assert len(client.datagrams_to_send(now)) >= 16
+
+
+# --------------------------------------------------------------------------
+# The pruned send queue
+# --------------------------------------------------------------------------
+
+def queued_ids(protocol, now: float) -> list[int]:
+    """The streams in aioquic's send queue, once a send call had the chance
+    to prune the idle ones (it does so lazily, when it builds packets)."""
+    assert protocol.datagrams_to_send(now) == []
+    return [stream.stream_id for stream in protocol.quic._streams_queue]
+
+
+def test_idle_streams_leave_the_send_queue_and_come_back_with_data(certs):
+    link = make_link(certs, CarrierConfig(pmtu_discovery=False))
+    client, server = link.client, link.server
+    outbox = attach_dist_outbox(client)
+    outbox.put(b"hello")
+    link.run()
+    reserved = reserved_streams(True)
+    assert set(reserved) <= set(client.quic._streams)  # the streams exist ...
+    assert queued_ids(client, link.now) == []                    # ... but none waits to send
+    # New data puts the distribution stream back, at the front, and it leaves.
+    for i in range(50):
+        outbox.put(b"m%d" % i)
+    link.run()
+    frames = [f for e in link.events("server") if type(e).__name__ == "DistFrames"
+              for f in e.frames]
+    assert frames == [b"hello"] + [b"m%d" % i for i in range(50)]
+    assert queued_ids(client, link.now) == []
+    assert queued_ids(server, link.now) == []
+
+
+def test_a_stop_sending_for_a_pruned_stream_is_answered_with_a_reset(certs):
+    link = make_link(certs, CarrierConfig(pmtu_discovery=False))
+    client, server = link.client, link.server
+    sid, _outbox = open_user(client, b"data, then silence")
+    link.run()
+    assert sid not in queued_ids(client, link.now)  # all acked, no FIN: idle
+    server.quic.stop_stream(sid, 0x77)
+    link.run()
+    resets = [e for e in link.events("server") if isinstance(e, UserStreamReset)]
+    assert resets and resets[-1].stream_id == sid and resets[-1].code == 0x77
+
+
+def test_streams_finished_both_ways_are_discarded_and_the_peer_may_open_more(certs):
+    """Discarding needs the stream in the queue when it finishes; the peer's
+    stream count (MAX_STREAMS) only grows back if it is."""
+    link = make_link(certs, CarrierConfig(pmtu_discovery=False))
+    client, server = link.client, link.server
+    limit = client.quic._remote_max_streams_bidi
+    for _ in range(limit + 20):
+        sid, _ = open_user(client, b"x", fin=True)
+        link.run()
+        server.set_outbox(sid, _finished_outbox(), 128)
+        server.outbox_ready(sid)
+        link.run()
+    assert len(client.quic._streams) <= 10
+    assert len(server.quic._streams) <= 10
+    got = [e for e in link.events("server") if isinstance(e, UserStreamData) and e.fin]
+    assert len(got) == limit + 20
+
+
+def _finished_outbox() -> BytesOutbox:
+    return BytesOutbox(b"", fin=True)
+
+
+def test_lost_credit_is_sent_again(certs):
+    """A MAX_STREAM_DATA frame that is lost is resent, though the stream's
+    credit is only looked at when it changed or its frame was lost.
+
+    The loss is found by later packets being acknowledged (not by a probe
+    timeout, whose probe aioquic builds itself, visiting every stream)."""
+    window = 64 * 1024
+    config = CarrierConfig(pmtu_discovery=False, stream_window=window,
+                           connection_window=16 * window)
+    link = make_link(certs, config)
+    client, server = link.client, link.server
+    dropping: list[bool] = []
+    dropped: list[int] = []
+
+    def drop(direction, index, datagram):
+        if direction == S2C and dropping:
+            dropping.clear()  # just the one carrying the new credit
+            dropped.append(index)
+            return True
+        return False
+
+    link.pair.wire.drop = drop
+    payload = os.urandom(4 * window)
+    sid, _ = open_user(client, payload, fin=True)
+    link.run(max_rounds=4000)  # the first window arrives; the sender blocks
+    received = bytearray()
+
+    def collect() -> None:
+        for event in link.events("server"):
+            if isinstance(event, UserStreamData) and event.stream_id == sid:
+                received.extend(event.data)
+        link.pair.server_events.clear()
+
+    collect()
+    assert len(received) == window
+    server.consume(sid, window)  # one grant: credit up to two windows ...
+    dropping.append(True)
+    link.step(S2C)               # ... in a datagram that is lost
+    assert dropped and not dropping
+    replies = attach_dist_outbox(server)
+    for i in range(6):           # later packets, acknowledged: the loss shows
+        replies.put(b"r%d" % i)
+        link.step(S2C)
+    link.run(max_rounds=4000)
+    collect()
+    assert len(received) == 2 * window
+    assert bytes(received) == payload[:2 * window]
+
+
+# --------------------------------------------------------------------------
+# Connected sockets for accepted connections
+# --------------------------------------------------------------------------
+
+def accepted_pair(tls_a, tls_b, config=None, host="127.0.0.1"):
+    listener = Listener(host, 0, tls=tls_a, config=config)
+    client = connect("127.0.0.1", listener.port, tls=tls_b, config=config, timeout=TIMEOUT)
+    server = listener.accept(timeout=TIMEOUT)
+    assert isinstance(server.next_event(TIMEOUT), HandshakeCompleted)
+    assert isinstance(client.next_event(TIMEOUT), HandshakeCompleted)
+    return listener, client, server
+
+
+def exchange(client, server, count: int) -> None:
+    for i in range(count):
+        client.send_dist(b"c%d" % i)
+    frames: list[bytes] = []
+    while len(frames) < count:
+        frames += events_until(server, lambda e: True)[-1].frames
+    assert frames == [b"c%d" % i for i in range(count)]
+    server.send_dist(b"done")
+    assert events_until(client, lambda e: True)[-1].frames == [b"done"]
+
+
+def test_an_accepted_connection_reads_its_own_connected_socket(certs, no_leaks):
+    listener, client, server = accepted_pair(certs.server, certs.client)
+    try:
+        assert server._own_sock is not None
+        assert server._own_sock.getpeername() == client._sock.getsockname()
+        assert server._own_sock.getsockname() == listener._sock.getsockname()
+        before = listener._udp.recv_calls
+        exchange(client, server, 2000)
+        # The peer's datagrams went to the connection's socket, not the listener's.
+        assert server._udp.recv_calls > 0
+        assert listener._udp.recv_calls == before
+    finally:
+        client.close()
+        listener.stop()
+
+
+def test_without_connected_sockets_the_listener_routes_everything(certs,
+                                                                  no_leaks):
+    config = CarrierConfig(connected_sockets=False)
+    listener, client, server = accepted_pair(certs.server, certs.client, config)
+    try:
+        assert server._own_sock is None
+        before = listener._udp.recv_calls
+        exchange(client, server, 500)
+        assert listener._udp.recv_calls > before
+    finally:
+        client.close()
+        listener.stop()
+
+
+def test_a_wildcard_listener_keeps_routing(certs, no_leaks):
+    # The local address a peer dialed is unknown on a wildcard socket, so a
+    # connected socket could answer from the wrong one: none is made.
+    listener, client, server = accepted_pair(certs.server, certs.client, host="0.0.0.0")
+    try:
+        assert server._own_sock is None
+        exchange(client, server, 100)
+    finally:
+        client.close()
+        listener.stop()
+
+
+def test_a_taken_port_still_refuses_a_second_listener(certs, no_leaks):
+    """SO_REUSEPORT is set after the bind, so binding a listener's port stays exclusive."""
+    with Listener("127.0.0.1", 0, tls=certs.server) as listener:
+        with pytest.raises(OSError) as info:
+            Listener("127.0.0.1", listener.port, tls=certs.server)
+        assert info.value.errno == errno.EADDRINUSE
