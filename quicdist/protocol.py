@@ -373,6 +373,24 @@ class CarrierConnection(MutualTLSConnection):
             else:
                 pacer.update_after_send(now=now)
 
+    def nothing_to_send(self, now: float) -> bool:
+        """True only when ``datagrams_to_send(now)`` would return nothing and
+        change nothing, known without building a packet (False: it may send).
+
+        The caller that skips the call clears the pacing timer, as the call
+        would have.
+        """
+        if (self._close_pending or not self._handshake_confirmed
+                or len(self._network_paths) != 1
+                or (self._is_client and self._remote_preferred_address is not None)
+                or not self._steady(self._network_paths[0])):
+            return False
+        space = self._spaces[aioquic_tls.Epoch.ONE_RTT]
+        if self._streams_queue:
+            self._prune_send_queue()  # (what the skipped call would have done)
+        return not ((space.ack_at is not None and space.ack_at <= now) or self._limits_due
+                    or self._connection_limits_due() or self._queue_has_work())
+
     def _connection_limits_due(self) -> bool:
         """Whether :meth:`_write_connection_limits` would write a frame."""
         max_data = self._local_max_data
@@ -723,6 +741,13 @@ class CarrierProtocol:
         out: list[tuple[bytes, Any]] = []
         quic = self.quic
         self._now = now
+        if (not self._control and not self._scheduler.active and self._mtu_next is None
+                and not (self._waiting and quic.limits_moved) and quic.nothing_to_send(now)):
+            # Nothing to feed and nothing aioquic would send: skip building
+            # (and dropping) an empty packet, the common case of a turn of
+            # the I/O loop that only received.
+            quic._pacing_at = None
+            return out
         while True:
             self._feed()
             if self._mtu_next is not None and self._start_probe():
@@ -991,6 +1016,8 @@ class CarrierProtocol:
                 self._in_aioquic.add(stream_id)
             if fin:
                 self._forget_outbox(stream_id)
+            elif data and getattr(outbox, "drained", False):
+                scheduler.block(stream_id)  # (saves asking it again for nothing)
             elif not data:
                 scheduler.block(stream_id)
                 if want == 0 and stream is not None:

@@ -290,3 +290,67 @@ def test_a_taken_port_still_refuses_a_second_listener(certs, no_leaks):
         with pytest.raises(OSError) as info:
             Listener("127.0.0.1", listener.port, tls=certs.server)
         assert info.value.errno == errno.EADDRINUSE
+
+
+# --------------------------------------------------------------------------
+# Skipping send calls that could not send anything
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_skipped_send_call_never_hides_a_packet(certs, seed):
+    """Whenever the protocol skips aioquic's datagrams_to_send (nothing to
+    feed, CarrierConnection.nothing_to_send), aioquic's own call would have
+    built nothing and discarded no stream: checked at every call of a lossy, reordering exchange of
+    distribution messages, user streams, FINs, resets and credit."""
+    import random
+
+    from aioquic.quic.connection import QuicConnection
+
+    from tests.quic_harness import Wire
+
+    rng = random.Random(seed)
+    wire = Wire(drop=lambda _d, _i, _data: rng.random() < 0.05,
+                reorder=lambda _d, ds: rng.sample(ds, len(ds)))
+    window = 32 * 1024
+    link = make_link(certs, CarrierConfig(pmtu_discovery=False, stream_window=window,
+                                          connection_window=8 * window), wire=wire)
+    checked = [0, 0]  # skipped calls checked, calls made
+
+    def guard(protocol):
+        real = protocol.datagrams_to_send
+
+        def datagrams_to_send(now):
+            quic = protocol.quic
+            if (not protocol._control and not protocol._scheduler.active
+                    and protocol._mtu_next is None and quic.nothing_to_send(now)):
+                checked[0] += 1
+                streams = set(quic._streams)
+                assert QuicConnection.datagrams_to_send(quic, now) == []
+                assert set(quic._streams) == streams  # no discard was due either
+            checked[1] += 1
+            return real(now)
+
+        protocol.datagrams_to_send = datagrams_to_send
+
+    guard(link.client)
+    guard(link.server)
+    client_out = attach_dist_outbox(link.client)
+    server_out = attach_dist_outbox(link.server)
+    streams = []
+    for round_ in range(6):
+        for i in range(50):
+            client_out.put(b"c%d.%d" % (round_, i))
+            server_out.put(b"s%d.%d" % (round_, i))
+        sid, _ = open_user(link.client, os.urandom(rng.randrange(1, 3 * window)),
+                           fin=rng.random() < 0.5)
+        streams.append(sid)
+        if round_ % 2:
+            link.client.quic.reset_stream(streams[0], 0x5)
+        link.run(max_rounds=20000)
+        for event in link.events("server"):
+            if isinstance(event, UserStreamData) and event.data:
+                link.server.consume(event.stream_id, len(event.data))
+        link.pair.server_events.clear()
+        link.run(max_rounds=20000)
+    assert wire.dropped
+    assert checked[0] > 50 and checked[1] > checked[0]

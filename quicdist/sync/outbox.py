@@ -76,6 +76,13 @@ class _Bounded:
         self._signalled = True
         return True
 
+    @property
+    def drained(self) -> bool:
+        """The last :meth:`take` emptied the outbox and nothing was added since
+        (the next addition notifies). Read by the I/O thread without the lock:
+        an addition racing with the read notifies anyway."""
+        return not self._signalled
+
     def _taken(self, n: int, empty: bool) -> None:
         self._size -= n
         if self._size < self._limit:
