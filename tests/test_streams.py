@@ -447,10 +447,16 @@ def test_a_mailbox_acceptor_leaves_the_pool_when_it_exits(nodes):
 def test_stop_wakes_accept_recv_and_send(spawn):
     a, b = spawn("a"), spawn("b", carrier=CarrierConfig(stream_window=64 * KIB))
     acceptor = b.accept_streams(a.name)
-    ref = a.open_stream(b.name)
+    ref = a.open_stream(b.name)  # a writes to it until b's window is full
     ref.send(b"x")
     server = acceptor.accept(TIMEOUT)
     assert server.recv(timeout=TIMEOUT) == b"x"
+    # b waits in recv on a second stream, on which nothing more comes (on
+    # the first, recv would return what a keeps writing).
+    quiet_ref = a.open_stream(b.name)
+    quiet_ref.send(b"y")
+    quiet = acceptor.accept(TIMEOUT)
+    assert quiet.recv(timeout=TIMEOUT) == b"y"
     results: dict[str, BaseException] = {}
     started = threading.Event()
     writing = threading.Event()
@@ -465,7 +471,7 @@ def test_stop_wakes_accept_recv_and_send(spawn):
     def wait_recv() -> None:  # on b
         started.wait(TIMEOUT)
         try:
-            server.recv()
+            quiet.recv()
         except BaseException as exc:  # noqa: BLE001 - checked below
             results["recv"] = exc
 
@@ -481,7 +487,7 @@ def test_stop_wakes_accept_recv_and_send(spawn):
     threads = [threading.Thread(target=f) for f in (wait_accept, wait_recv, wait_send)]
     for thread in threads:
         thread.start()
-    server.controlling_process(threads[1])
+    quiet.controlling_process(threads[1])
     ref.controlling_process(threads[2])
     started.set()
     assert writing.wait(TIMEOUT)
