@@ -17,6 +17,9 @@ its own, target -> client back out of the front socket. Each datagram is
   ``hold_timeout`` seconds if none come), so it arrives after later ones;
 * otherwise forwarded at once.
 
+:meth:`LossyRelay.rebind` moves the client -> target side to a new port
+(a NAT rebinding: the target sees its peer's address change).
+
 The thread waits in ``selectors`` with a bounded timeout, never blocks on a
 socket, and :meth:`stop` (or leaving the ``with`` block) ends it and closes
 every socket it opened.
@@ -103,6 +106,10 @@ class LossyRelay:
         self._held: dict[str, list[_Held]] = {C2T: [], T2C: []}
         self._client: Any = None
         self._stop = threading.Event()
+        self._rebind = threading.Event()
+        #: how many times the target-side socket was replaced (see rebind())
+        self.rebinds = 0
+        self._host = host
         # Notified after every datagram handled (see wait_for()).
         self._changed = threading.Condition()
         self._front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -132,6 +139,17 @@ class LossyRelay:
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self.stats), timeout)
 
+    def rebind(self, timeout: float = 5.0) -> int:
+        """Send to the target from a new port from now on, as a NAT that
+        rebinds does: the target sees the client at a new address. Returns
+        the new port once the relay uses it."""
+        done = self.rebinds + 1
+        self._rebind.set()
+        if not self.wait_for(lambda _stats: self.rebinds >= done, timeout):
+            raise RuntimeError("the relay did not rebind")
+        port: int = self._back.getsockname()[1]
+        return port
+
     def stop(self, timeout: float = 5.0) -> None:
         """End the thread (within about 50 ms) and close the sockets. Idempotent."""
         self._stop.set()
@@ -154,6 +172,9 @@ class LossyRelay:
             selector.register(self._front, selectors.EVENT_READ, C2T)
             selector.register(self._back, selectors.EVENT_READ, T2C)
             while not self._stop.is_set():
+                if self._rebind.is_set():
+                    self._rebind.clear()
+                    self._new_back(selector)
                 for key, _ in selector.select(self._wait()):
                     self._read(key.fileobj, key.data)  # type: ignore[arg-type]
                 self._release_expired(time.monotonic())
@@ -163,6 +184,16 @@ class LossyRelay:
             selector.close()
             self._front.close()
             self._back.close()
+
+    def _new_back(self, selector: selectors.BaseSelector) -> None:
+        back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        back.setblocking(False)
+        back.bind((self._host, 0))
+        selector.unregister(self._back)
+        self._back.close()
+        self._back = back
+        selector.register(back, selectors.EVENT_READ, T2C)
+        self.rebinds += 1
 
     def _wait(self) -> float:
         deadlines = [h.deadline for held in self._held.values() for h in held]

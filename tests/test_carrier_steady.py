@@ -354,3 +354,34 @@ def test_a_skipped_send_call_never_hides_a_packet(certs, seed):
         link.run(max_rounds=20000)
     assert wire.dropped
     assert checked[0] > 50 and checked[1] > checked[0]
+
+
+def test_a_peer_that_moves_is_followed_off_the_connected_socket(certs, no_leaks):
+    """A NAT rebinding: the client's datagrams come from a new address. They
+    reach the listener's socket (the connected one is bound to the old
+    address), are routed by connection ID, and the server answers the new
+    address from the shared socket once aioquic validated the path."""
+    from tests.lossy_relay import LossyRelay
+
+    listener = Listener("127.0.0.1", 0, tls=certs.server)
+    relay = LossyRelay(("127.0.0.1", listener.port))
+    try:
+        client = connect("127.0.0.1", relay.port, tls=certs.client, timeout=TIMEOUT)
+        try:
+            server = listener.accept(timeout=TIMEOUT)
+            assert isinstance(server.next_event(TIMEOUT), HandshakeCompleted)
+            assert isinstance(client.next_event(TIMEOUT), HandshakeCompleted)
+            exchange(client, server, 100)
+            assert server._own_sock is not None
+            old = server._own_sock.getpeername()
+            routed = listener._udp.recv_calls
+            new_port = relay.rebind()
+            assert new_port != old[1]
+            exchange(client, server, 500)
+            assert listener._udp.recv_calls > routed  # the new address came this way
+            assert server.protocol.quic._network_paths[0].addr[1] == new_port
+        finally:
+            client.close()
+    finally:
+        relay.stop()
+        listener.stop()
