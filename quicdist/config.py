@@ -51,16 +51,16 @@ class CarrierConfig:
         max_pending_handshakes: connections a listener lets handshake at
             once (each has a thread); Initial packets beyond that are dropped,
             so a flood of them cannot exhaust threads or memory.
-        connected_sockets: a listener bound to a specific address (not the
-            wildcard) gives each accepted connection, once its handshake is
-            done, a UDP socket of its own bound to the same address and
-            port (``SO_REUSEPORT``) and connected to the peer: the kernel
-            then hands the peer's datagrams straight to the connection's
-            I/O thread instead of through the listener's thread. What still
-            reaches the listener's socket is routed by connection ID as
-            before. Linux only; quietly off where the kernel refuses. With
-            it on, another process of the same user can bind the listener's
-            port with ``SO_REUSEPORT`` too.
+        connected_sockets: a listener gives each accepted connection, once
+            its handshake is done, a UDP socket of its own on the listener's
+            port (``SO_REUSEPORT``) connected to the peer: the kernel then
+            hands the peer's datagrams straight to the connection's I/O
+            thread instead of through the listener's thread. (A wildcard
+            listener's connected socket takes the local address its answers
+            leave from.) What still reaches the listener's socket is routed
+            by connection ID as before. Linux; quietly off where the kernel
+            refuses. With it on, another process of the same user can bind
+            the listener's port with ``SO_REUSEPORT`` too.
     """
 
     idle_timeout: float = 300.0

@@ -272,13 +272,16 @@ def test_without_connected_sockets_the_listener_routes_everything(certs,
         listener.stop()
 
 
-def test_a_wildcard_listener_keeps_routing(certs, no_leaks):
-    # The local address a peer dialed is unknown on a wildcard socket, so a
-    # connected socket could answer from the wrong one: none is made.
+def test_a_wildcard_listener_connects_from_the_routes_address(certs, no_leaks):
+    # The connected socket binds to where the kernel's route to the peer
+    # starts (127.0.0.1 here): where the listener's own answers come from.
     listener, client, server = accepted_pair(certs.server, certs.client, host="0.0.0.0")
     try:
-        assert server._own_sock is None
-        exchange(client, server, 100)
+        assert server._own_sock is not None
+        assert server._own_sock.getsockname() == ("127.0.0.1", listener.port)
+        before = listener._udp.recv_calls
+        exchange(client, server, 500)
+        assert listener._udp.recv_calls == before
     finally:
         client.close()
         listener.stop()

@@ -568,7 +568,7 @@ class Connection:
             return
         try:
             sock = connected_socket(self._sock.family, local, self.peer)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             logger.debug("%s: no connected socket (%s); the listener routes", self.name, exc)
             return
         tune_socket(sock)

@@ -163,36 +163,45 @@ _UDP_IPV4_OVERHEAD = 28
 _UDP_IPV6_OVERHEAD = 48
 
 
+def _is_wildcard(family: int, host: str) -> bool:
+    return socket.inet_pton(family, host) == bytes(4 if family == socket.AF_INET else 16)
+
+
 def allow_connected_sockets(sock: socket.socket) -> Any:
-    """Let connected sockets share a bound listening socket's address.
+    """Let connected sockets share a bound listening socket's port.
 
     Sets ``SO_REUSEPORT`` *after* the bind, so binding itself still fails
     when the port is taken (and an ephemeral port is never one another
-    socket holds). Returns the address connected sockets bind to, or None
-    when they cannot be used: a wildcard address (the local address a peer
-    dialed is then unknown) or a kernel without ``SO_REUSEPORT``.
+    socket holds). Returns the listener's address, which
+    :func:`connected_socket` binds to, or None when the kernel has no
+    ``SO_REUSEPORT``.
     """
     reuseport = getattr(socket, "SO_REUSEPORT", None)
     if reuseport is None:
         return None
-    addr = sock.getsockname()
     try:
-        if socket.inet_pton(sock.family, addr[0]) == bytes(
-                4 if sock.family == socket.AF_INET else 16):
-            return None  # the wildcard
         sock.setsockopt(socket.SOL_SOCKET, reuseport, 1)
-    except (OSError, ValueError):
+    except OSError:
         return None
-    return addr
+    return sock.getsockname()
 
 
 def connected_socket(family: int, local: Any, peer: Any) -> socket.socket:
-    """A non-blocking UDP socket bound to ``local`` (a listener's address, see
-    :func:`allow_connected_sockets`) and connected to ``peer``.
+    """A non-blocking UDP socket on a listener's port, connected to ``peer``
+    (``local`` is the listener's address, see :func:`allow_connected_sockets`).
 
-    The kernel delivers ``peer``'s datagrams to ``local`` to this socket
-    rather than to the listener's. Raises OSError when it cannot be made.
+    The kernel delivers ``peer``'s datagrams to that address to this socket
+    rather than to the listener's. A wildcard listener's connected socket
+    binds to the address the kernel's route to ``peer`` starts from, which
+    is where the listener's own answers come from too: what ``peer`` sends to
+    another local address still reaches the listener. Raises OSError (or
+    ValueError for a malformed address) when it cannot be made.
     """
+    if _is_wildcard(family, local[0]):
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(peer)  # (no packet is sent)
+            source = probe.getsockname()
+        local = (source[0], local[1], *source[2:])
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
