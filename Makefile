@@ -79,7 +79,8 @@ soak: $(STAMP)
 	for i in $$(seq $(SOAK_ROUNDS)); do \
 	  echo "soak round $$i/$(SOAK_ROUNDS)"; \
 	  $(PY) -m pytest -q -x -p no:randomly tests/test_carrier.py tests/test_carrier_loss.py \
-	    tests/test_carrier_process.py tests/test_carrier_control.py tests/test_wakeup.py \
+	    tests/test_carrier_process.py tests/test_carrier_control.py tests/test_carrier_steady.py \
+	    tests/test_wakeup.py \
 	    tests/test_streams.py tests/test_streams_process.py || exit 1; \
 	done
 
