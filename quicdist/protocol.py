@@ -347,12 +347,9 @@ class CarrierConnection(MutualTLSConnection):
         pacer = self._loss._pacer
         streams = self._streams
         limits_due = self._limits_due
-        while True:
-            # Unlike aioquic, look before building: an empty packet costs as
-            # much to start and drop as a small one to send.
-            if not ((space.ack_at is not None and space.ack_at <= now) or limits_due
-                    or self._connection_limits_due() or self._queue_has_work()):
-                break
+        # Unlike aioquic, look before building: an empty packet costs as
+        # much to start and drop as a small one to send.
+        while self._steady_work(space, now):
             if space.ack_at is None or space.ack_at >= now:  # pacing, unless an ACK is due
                 self._pacing_at = pacer.next_send_time(now=now)
                 if self._pacing_at is not None:
@@ -385,22 +382,29 @@ class CarrierConnection(MutualTLSConnection):
                 or (self._is_client and self._remote_preferred_address is not None)
                 or not self._steady(self._network_paths[0])):
             return False
-        space = self._spaces[aioquic_tls.Epoch.ONE_RTT]
         if self._streams_queue:
             self._prune_send_queue()  # (what the skipped call would have done)
-        return not ((space.ack_at is not None and space.ack_at <= now) or self._limits_due
-                    or self._connection_limits_due() or self._queue_has_work())
+        return not self._steady_work(self._spaces[aioquic_tls.Epoch.ONE_RTT], now)
 
-    def _connection_limits_due(self) -> bool:
-        """Whether :meth:`_write_connection_limits` would write a frame."""
+    def _steady_work(self, space: Any, now: float) -> bool:
+        """Whether a steady-state 1-RTT packet has something to carry: an ACK
+        that is due, credit (connection or stream), or a queued stream's frame
+        or discard."""
+        return bool((space.ack_at is not None and space.ack_at <= now) or self._limits_due
+                    or self._due_connection_limits() or self._queue_has_work())
+
+    def _due_connection_limits(self) -> list[Any]:
+        """The connection limits (MAX_DATA, MAX_STREAMS) that owe the peer a
+        frame, MAX_DATA raised to the granted credit first."""
         max_data = self._local_max_data
-        if self.connection_credit > max_data.value or max_data.value != max_data.sent:
-            return True
+        if self.connection_credit > max_data.value:
+            max_data.value = self.connection_credit
+        due = [max_data] if max_data.value != max_data.sent else []
         for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
-            if (limit.value != limit.sent
-                    and limit.sent - limit.used < limit.value - limit.sent):
-                return True
-        return False
+            # MAX_STREAMS is batched, as aioquic does
+            if limit.value != limit.sent and limit.sent - limit.used < limit.value - limit.sent:
+                due.append(limit)
+        return due
 
     def _queue_has_work(self) -> bool:
         """Whether a queued stream has a frame to send or is to be discarded."""
@@ -536,21 +540,15 @@ class CarrierConnection(MutualTLSConnection):
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
-        max_data = self._local_max_data
-        if self.connection_credit > max_data.value:
-            max_data.value = self.connection_credit
-        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
-            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
-                continue  # batch MAX_STREAMS, as aioquic does
-            if limit.value != limit.sent:
-                buf = builder.start_frame(
-                    limit.frame_type,
-                    capacity=_CONNECTION_LIMIT_CAPACITY,
-                    handler=self._on_connection_limit_delivery,
-                    handler_args=(limit,),
-                )
-                buf.push_uint_var(limit.value)
-                limit.sent = limit.value
+        for limit in self._due_connection_limits():
+            buf = builder.start_frame(
+                limit.frame_type,
+                capacity=_CONNECTION_LIMIT_CAPACITY,
+                handler=self._on_connection_limit_delivery,
+                handler_args=(limit,),
+            )
+            buf.push_uint_var(limit.value)
+            limit.sent = limit.value
 
 
 class _Credit:

@@ -198,8 +198,7 @@ def connected_socket(family: int, local: Any, peer: Any) -> socket.socket:
     ValueError for a malformed address) when it cannot be made.
     """
     if _is_wildcard(family, local[0]):
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect(peer)  # (no packet is sent)
+        with _route_probe(family, peer) as probe:
             source = probe.getsockname()
         local = (source[0], local[1], *source[2:])
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -232,17 +231,23 @@ def path_mtu_payload(family: int, peer: Any) -> int | None:
     Asks a throw-away socket connected to ``peer`` (no packet is sent).
     """
     try:
-        probe = socket.socket(family, socket.SOCK_DGRAM)
+        with _route_probe(family, peer) as probe:
+            if family == socket.AF_INET6:
+                mtu = probe.getsockopt(socket.IPPROTO_IPV6, _IPV6_MTU)
+                return int(mtu) - _UDP_IPV6_OVERHEAD
+            mtu = probe.getsockopt(socket.IPPROTO_IP, _IP_MTU)
+            return int(mtu) - _UDP_IPV4_OVERHEAD
     except OSError:
         return None
+
+
+def _route_probe(family: int, peer: Any) -> socket.socket:
+    """A throw-away UDP socket connected to ``peer`` (no packet is sent), to
+    ask the kernel about its route there; use it in a ``with`` block."""
+    probe = socket.socket(family, socket.SOCK_DGRAM)
     try:
         probe.connect(peer)
-        if family == socket.AF_INET6:
-            mtu = probe.getsockopt(socket.IPPROTO_IPV6, _IPV6_MTU)
-            return int(mtu) - _UDP_IPV6_OVERHEAD
-        mtu = probe.getsockopt(socket.IPPROTO_IP, _IP_MTU)
-        return int(mtu) - _UDP_IPV4_OVERHEAD
-    except OSError:
-        return None
-    finally:
+    except BaseException:
         probe.close()
+        raise
+    return probe
