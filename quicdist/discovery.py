@@ -50,6 +50,7 @@ __all__ = [
     "StaticDiscovery",
     "default_discovery",
     "split_node_name",
+    "table_and_custom",
 ]
 
 #: The port of the host fallback (and of quicdist's listener by default).
@@ -357,6 +358,21 @@ class ChainDiscovery:
                              node=node_name) from ExceptionGroup("discovery failures", failures)
 
 
+def table_and_custom(nodes: Mapping[str, tuple[str, int]] | None,
+                     discovery: Discovery | None) -> list[Discovery]:
+    """The first methods of every carrier's chain: the static table, then a
+    custom object (checked to have ``lookup``), each if given."""
+    methods: list[Discovery] = []
+    if nodes is not None:
+        methods.append(StaticDiscovery(nodes))
+    if discovery is not None:
+        if not callable(getattr(discovery, "lookup", None)):
+            raise ConfigurationError(
+                f"discovery object {discovery!r} has no lookup(node_name) method")
+        methods.append(discovery)
+    return methods
+
+
 def default_discovery(nodes: Mapping[str, tuple[str, int]] | None = None,
                       discovery: Discovery | None = None, *, dns: bool = True) -> Discovery:
     """The discovery chain a node uses (see the module docstring for the order).
@@ -367,14 +383,7 @@ def default_discovery(nodes: Mapping[str, tuple[str, int]] | None = None,
             exceptions other than DiscoveryError it raises are wrapped in one.
         dns: whether to look up DNS SRV records (with the system resolver).
     """
-    methods: list[Discovery] = []
-    if nodes is not None:
-        methods.append(StaticDiscovery(nodes))
-    if discovery is not None:
-        if not callable(getattr(discovery, "lookup", None)):
-            raise ConfigurationError(
-                f"discovery object {discovery!r} has no lookup(node_name) method")
-        methods.append(discovery)
+    methods = table_and_custom(nodes, discovery)
     if dns:
         methods.append(DnsSrvDiscovery())
     methods.append(HostDiscovery(DEFAULT_PORT))

@@ -39,7 +39,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .discovery import ChainDiscovery, Discovery, StaticDiscovery, split_node_name
+from .discovery import (
+    ChainDiscovery,
+    Discovery,
+    StaticDiscovery,
+    split_node_name,
+    table_and_custom,
+)
 from .errors import (
     ConfigurationError,
     DiscoveryError,
@@ -551,14 +557,7 @@ def tcp_discovery(nodes: Mapping[str, tuple[str, int]] | None = None,
     asked). Without epmd (``epmd=False``) only the table and the custom
     object are tried.
     """
-    methods: list[Discovery] = []
-    if nodes is not None:
-        methods.append(StaticDiscovery(nodes))
-    if discovery is not None:
-        if not callable(getattr(discovery, "lookup", None)):
-            raise ConfigurationError(
-                f"discovery object {discovery!r} has no lookup(node_name) method")
-        methods.append(discovery)
+    methods = table_and_custom(nodes, discovery)
     if epmd:
         methods.append(EpmdDiscovery(epmd_port, epmd_timeout))
     if not methods:

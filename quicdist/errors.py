@@ -84,6 +84,18 @@ class QuicDistError(Exception):
     """Base class of every exception quicdist raises on purpose."""
 
 
+class _Described(QuicDistError):
+    """An error whose text is its message alone: the other constructor
+    arguments stay in ``args`` (so it pickles) and in named attributes."""
+
+    def __init__(self, message: str, *details: object) -> None:
+        super().__init__(message, *details)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class ConfigurationError(QuicDistError, ValueError):
     """An argument or setting is invalid."""
 
@@ -223,7 +235,7 @@ class NodeError(QuicDistError):
     """A failure at the level of nodes and processes."""
 
 
-class NodeDown(NodeError):
+class NodeDown(NodeError, _Described):
     """The peer node is down, or went down while the call waited.
 
     Attributes:
@@ -232,30 +244,22 @@ class NodeDown(NodeError):
 
     def __init__(self, message: str, node: str = "") -> None:
         super().__init__(message, node)
-        self.message = message
         self.node = node
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class NotConnected(NodeDown):
     """The peer node is not connected and could not be connected."""
 
 
-class MailboxClosed(NodeError):
+class MailboxClosed(NodeError, _Described):
     """The mailbox has exited; ``reason`` is its exit reason (an Erlang term)."""
 
     def __init__(self, message: str, reason: object = None) -> None:
         super().__init__(message, reason)
-        self.message = message
         self.reason = reason
 
-    def __str__(self) -> str:
-        return self.message
 
-
-class CallError(NodeError):
+class CallError(NodeError, _Described):
     """A call (``gen_call``, ``rpc``) ended with an exit instead of a reply.
 
     Attributes:
@@ -264,11 +268,7 @@ class CallError(NodeError):
 
     def __init__(self, message: str, reason: object = None) -> None:
         super().__init__(message, reason)
-        self.message = message
         self.reason = reason
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class NoProc(CallError, LookupError):
@@ -280,7 +280,7 @@ class RpcError(CallError):
     or the exception the callee raised)."""
 
 
-class DiscoveryError(QuicDistError):
+class DiscoveryError(_Described):
     """The node's address could not be found.
 
     Raised by the node discovery (:mod:`quicdist.discovery`): the node is
@@ -294,11 +294,7 @@ class DiscoveryError(QuicDistError):
 
     def __init__(self, message: str, node: str = "") -> None:
         super().__init__(message, node)
-        self.message = message
         self.node = node
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class EpmdError(DiscoveryError):
@@ -320,7 +316,7 @@ class EpmdError(DiscoveryError):
         self.result = result
 
 
-class StreamError(QuicDistError):
+class StreamError(_Described):
     """One stream failed; the connection and its other streams go on.
 
     Attributes:
@@ -329,11 +325,7 @@ class StreamError(QuicDistError):
 
     def __init__(self, message: str, stream_id: int = -1) -> None:
         super().__init__(message, stream_id)
-        self.message = message
         self.stream_id = stream_id
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class StreamReset(StreamError):
