@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 
 import pytest
 
 from quicdist import _accel
+from quicdist.sync.utils import open_fd_count
+from tests.node_fixtures import TIMEOUT
 
 
 def _compiled():
@@ -44,3 +47,16 @@ def pytest_report_header(config):
     return (f"quicdist fast path: {'cython' if _accel.USING_EXTENSION else 'pure python'} "
             f"(QUICDIST_NO_EXTENSIONS={os.environ.get('QUICDIST_NO_EXTENSIONS', '')!r}, "
             f"QUICDIST_REQUIRE_EXTENSIONS={os.environ.get('QUICDIST_REQUIRE_EXTENSIONS', '')!r})")
+
+
+@pytest.fixture
+def no_leaks():
+    """No thread or file descriptor of this process outlives the test (the
+    threads it started get TIMEOUT seconds to end)."""
+    before, fds = set(threading.enumerate()), open_fd_count()
+    yield
+    leftover = [t for t in threading.enumerate() if t not in before]
+    for thread in leftover:
+        thread.join(TIMEOUT)
+    assert not [t for t in leftover if t.is_alive()], "threads survived the test"
+    assert open_fd_count() == fds, "file descriptors leaked"

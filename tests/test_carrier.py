@@ -31,7 +31,6 @@ from quicdist.events import (
     UserStreamReset,
 )
 from quicdist.sync import Listener, connect
-from quicdist.sync.utils import open_fd_count
 from quicdist.tls import TLSConfig
 from tests.node_fixtures import tls_config
 
@@ -64,21 +63,6 @@ def certs(tmp_path_factory) -> Certs:
                                           not_before=now - dt.timedelta(days=9),
                                           not_after=now - dt.timedelta(days=1)), ca),
     )
-
-
-def quicdist_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("quicdist-")}
-
-
-@pytest.fixture
-def no_leaks():
-    threads, fds = quicdist_threads(), open_fd_count()
-    yield
-    leftover = quicdist_threads() - threads
-    for thread in leftover:
-        thread.join(TIMEOUT)
-    assert not (quicdist_threads() - threads), "I/O threads survived the test"
-    assert open_fd_count() == fds, "file descriptors leaked"
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from quicdist.events import (
     UserStreamData,
 )
 from quicdist.sync import Listener, connect
-from quicdist.sync.utils import open_fd_count
 from quicdist.tls import TLSConfig
 
 from .lossy_relay import C2T, T2C, LossyRelay
@@ -42,21 +41,6 @@ MIB = 1024 * 1024
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory) -> tuple[TLSConfig, ...]:
     return dev_tls(tmp_path_factory.mktemp("loss-certs"), "a@127.0.0.1", "b@127.0.0.1")
-
-
-def leftover_threads(before: set[threading.Thread]) -> set[threading.Thread]:
-    return {t for t in threading.enumerate()
-            if t.name.startswith(("quicdist-", "lossy-relay")) and t not in before}
-
-
-@pytest.fixture
-def no_leaks():
-    before, fds = set(threading.enumerate()), open_fd_count()
-    yield
-    for thread in leftover_threads(before):
-        thread.join(TIMEOUT)
-    assert not leftover_threads(before), "threads survived the test"
-    assert open_fd_count() == fds, "file descriptors leaked"
 
 
 # --------------------------------------------------------------------------

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -32,8 +28,8 @@ from quicdist.events import (
     UserStreamData,
 )
 from quicdist.sync import Listener, connect
-from quicdist.sync.utils import open_fd_count
 from quicdist.tls import TLSConfig
+from tests.line_peer import LinePeer
 
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
@@ -41,7 +37,6 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
 
 TIMEOUT = 10.0 * float(os.environ.get("QUICDIST_TESTS_TIMEOUT_FACTOR", "1"))
 PEER_SCRIPT = Path(__file__).with_name("carrier_peer.py")
-ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
 
@@ -64,62 +59,13 @@ def certs(tmp_path_factory) -> Certs:
     )
 
 
-class Peer:
+class Peer(LinePeer):
     """One tests/carrier_peer.py process."""
 
     def __init__(self, mode: str, certs: Certs, *args: str, lifetime: float = 90.0) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        self._stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PEER_SCRIPT), mode, *certs.peer_args, *args,
-             "--lifetime", str(lifetime)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            text=True, env=env, cwd=str(ROOT))
+        super().__init__(PEER_SCRIPT, [mode, *certs.peer_args, *args, "--lifetime", str(lifetime)],
+                         label=mode)
         self.mode = mode
-        self.seen: list[str] = []
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read, name=f"peer-{mode}-stdout",
-                                        daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()[-4000:]
-
-    def expect(self, word: str, timeout: float = TIMEOUT) -> list[str]:
-        """The next line starting with ``word`` (earlier lines are kept in ``seen``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = self._lines.get(timeout=max(remaining, 0.0))
-            except queue.Empty:
-                raise AssertionError(f"{self.mode} peer: no {word!r} within {timeout} s; "
-                                     f"saw {self.seen}; stderr:\n{self.stderr()}") from None
-            if line is None:
-                raise AssertionError(f"{self.mode} peer exited ({self.proc.poll()}) before "
-                                     f"{word!r}; saw {self.seen}; stderr:\n{self.stderr()}")
-            self.seen.append(line)
-            words = line.split()
-            if words and words[0] == word:
-                return words
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
 
     def memory(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) of the process, in bytes."""
@@ -130,41 +76,6 @@ class Peer:
                 if key in ("VmRSS", "VmHWM"):
                     values[key] = int(rest.split()[0]) * 1024
         return values["VmRSS"], values["VmHWM"]
-
-    def close(self) -> int | None:
-        """Ask it to quit, kill it if it does not; return its exit status."""
-        if self.proc.poll() is None:
-            try:
-                self.send("quit")
-                self.proc.stdin.close()  # type: ignore[union-attr]
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(TIMEOUT)
-        self._reader.join(TIMEOUT)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None and not pipe.closed:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-        self._stderr.close()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def no_leaks():
-    """No thread or descriptor of this process outlives the test."""
-    before, fds = set(threading.enumerate()), open_fd_count()
-    yield
-    leftover = [t for t in threading.enumerate() if t not in before]
-    for thread in leftover:
-        thread.join(TIMEOUT)
-    assert not [t for t in leftover if t.is_alive()], "threads survived the test"
-    assert open_fd_count() == fds, "file descriptors leaked"
 
 
 @pytest.fixture

@@ -19,10 +19,9 @@ from quicdist.events import HandshakeCompleted, UserStreamData, UserStreamReset
 from quicdist.layout import reserved_streams
 from quicdist.protocol import BurstPacer, BytesOutbox
 from quicdist.sync import Listener, connect
-from quicdist.sync.utils import open_fd_count
 from tests.node_fixtures import tls_config
 from tests.quic_harness import S2C
-from tests.test_carrier import TIMEOUT, events_until, quicdist_threads
+from tests.test_carrier import TIMEOUT, events_until
 from tests.test_protocol import Certs, attach_dist_outbox, make_link, open_user
 
 
@@ -33,16 +32,6 @@ def certs(tmp_path_factory) -> Certs:
     return Certs(client=tls_config(make_node_cert(d, "client@127.0.0.1", ca), ca),
                  server=tls_config(make_node_cert(d, "server@127.0.0.1", ca), ca),
                  stranger=tls_config(make_node_cert(d, "x@127.0.0.1", ca), ca))
-
-
-@pytest.fixture
-def no_leaks():
-    threads, fds = quicdist_threads(), open_fd_count()
-    yield
-    for thread in quicdist_threads() - threads:
-        thread.join(TIMEOUT)
-    assert not (quicdist_threads() - threads), "I/O threads survived the test"
-    assert open_fd_count() == fds, "file descriptors leaked"
 
 
 MDS = 1452

@@ -378,13 +378,10 @@ def test_listener_accept_queue_and_stop_closes_everything():
     finally:
         sock.close()
         lst.stop()
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        left = {t for t in threading.enumerate() if t.name.startswith("quicdist-tcp")} - before
-        if not left:
-            break
-        assert time.monotonic() < deadline, left
-        time.sleep(0.01)
+    left = {t for t in threading.enumerate() if t.name.startswith("quicdist-tcp")} - before
+    for thread in left:
+        thread.join(TIMEOUT)
+    assert not [t for t in left if t.is_alive()], left
 
 
 def test_user_streams_are_refused_on_tcp(listener):
