@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from quicdist import Node
+from quicdist import Mailbox, Node
 from quicdist.certs import CertPaths, make_ca, make_node_cert
 from quicdist.errors import DiscoveryError
 from quicdist.tls import TLSConfig
@@ -42,6 +42,7 @@ __all__ = [
     "dev_tls",
     "make_node",
     "quicdist_threads",
+    "send_in_order",
     "tls_config",
     "tmp_certs",
     "wait_until",
@@ -182,3 +183,20 @@ def dev_tls(directory: str | os.PathLike[str], *names: str) -> tuple[TLSConfig, 
     """A new CA in ``directory`` and, for each node name, a certificate it signs."""
     ca = make_ca(directory)
     return tuple(tls_config(make_node_cert(directory, name, ca), ca) for name in names)
+
+
+def send_in_order(sender: Mailbox, receiver: Mailbox, count: int) -> None:
+    """``sender`` sends 0..count-1 to ``receiver`` from another thread; they
+    arrive all and in order (each receive and the join bounded by TIMEOUT)."""
+    def send_all() -> None:
+        for i in range(count):
+            sender.send(receiver.pid, i)
+
+    thread = threading.Thread(target=send_all, daemon=True, name="test-sender")
+    thread.start()
+    try:
+        got = [receiver.receive(TIMEOUT) for _ in range(count)]
+    finally:
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert got == list(range(count))

@@ -43,6 +43,7 @@ from quicdist import Atom, Pid, decode_from, encode
 from quicdist.errors import AuthenticationError
 from quicdist.flags import MANDATORY_25, QUICDIST_FLAGS, DistFlag
 from quicdist.handshake import Handshake
+from tests.otp import ensure_epmd, epmd_port
 
 
 ERL = shutil.which("erl")
@@ -59,7 +60,7 @@ pytestmark = [
 ]
 
 HOST = "127.0.0.1"
-EPMD_PORT = int(os.environ.get("ERL_EPMD_PORT", "4369"))
+EPMD_PORT = epmd_port()
 FACTOR = float(os.environ.get("QUICDIST_TESTS_TIMEOUT_FACTOR", "1"))
 IO_TIMEOUT = 10.0 * FACTOR  # seconds, for every socket operation
 ERL_TIMEOUT = 20.0 * FACTOR  # seconds, for an erl run
@@ -140,22 +141,9 @@ def erl_nodes():
 
 
 @pytest.fixture(scope="module")
-def epmd():
+def epmd() -> int:
     """Make sure an epmd runs (``epmd -daemon``; it stays, as erl would leave it)."""
-    try:
-        socket.create_connection((HOST, EPMD_PORT), timeout=1).close()
-    except OSError:
-        subprocess.run([EPMD, "-daemon"], check=False, timeout=10)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection((HOST, EPMD_PORT), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("epmd did not start")
-                time.sleep(0.05)
-    return EPMD_PORT
+    return ensure_epmd()
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -49,6 +49,7 @@ from tests.node_fixtures import (
     DictDiscovery,
     make_node,
     quicdist_threads,
+    send_in_order,
     tmp_certs,  # noqa: F401 (a fixture)
 )
 
@@ -424,18 +425,7 @@ def test_100k_messages_from_one_mailbox_arrive_in_order(pair: tuple[Node, Node])
     sender, receiver = a.mailbox(), b.mailbox()
     count = 100_000
 
-    def send_all() -> None:
-        for i in range(count):
-            sender.send(receiver.pid, i)
-
-    thread = threading.Thread(target=send_all, daemon=True, name="test-sender")
-    thread.start()
-    try:
-        got = [receiver.receive(TIMEOUT) for _ in range(count)]
-    finally:
-        thread.join(TIMEOUT)
-    assert not thread.is_alive()
-    assert got == list(range(count))
+    send_in_order(sender, receiver, count)
     with pytest.raises(TimeoutError):
         receiver.receive(timeout=0)
 

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +29,7 @@ from quicdist import Atom, Node, Pid
 from quicdist.certs import make_dev_certs
 from quicdist.discovery import DnsSrvDiscovery
 from quicdist.errors import DiscoveryError
+from tests.line_peer import LinePeer
 from tests.lossy_relay import LossyRelay
 from tests.node_fixtures import wait_until
 
@@ -43,7 +39,6 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
 
 TIMEOUT = 10.0 * float(os.environ.get("QUICDIST_TESTS_TIMEOUT_FACTOR", "1"))
 PEER_SCRIPT = Path(__file__).with_name("node_peer.py")
-ROOT = Path(__file__).resolve().parents[1]
 COOKIE = "process-cookie"
 MAIN = "main@127.0.0.1"
 #: net_ticktime of the node here in the liveness tests (seconds).
@@ -103,25 +98,14 @@ class PeerStartFailed(Exception):
     pass
 
 
-class PeerNode:
+class PeerNode(LinePeer):
     """One tests/node_peer.py process."""
 
     def __init__(self, name: str, certs: Certs, *args: str, lifetime: float = 60.0) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        super().__init__(PEER_SCRIPT, ["--name", name, "--cookie", COOKIE, *certs.args(), *args,
+                                       "--lifetime", str(lifetime)],
+                         label=name, close_timeout=5.0)
         self.name = name
-        self._stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PEER_SCRIPT), "--name", name, "--cookie", COOKIE,
-             *certs.args(), *args, "--lifetime", str(lifetime)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            text=True, env=env, cwd=str(ROOT))
-        self.seen: list[str] = []
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read, name=f"peer-{name}-stdout",
-                                        daemon=True)
-        self._reader.start()
         self.port = 0
 
     @classmethod
@@ -138,39 +122,6 @@ class PeerNode:
             raise
         return peer
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()[-4000:]
-
-    def expect(self, *words: str, timeout: float = TIMEOUT) -> list[str]:
-        """The next line starting with one of ``words`` (lines before it go to ``seen``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = self._lines.get(timeout=max(remaining, 0.0))
-            except queue.Empty:
-                raise AssertionError(f"peer {self.name}: no {words} within {timeout} s; "
-                                     f"saw {self.seen[-30:]}; stderr:\n{self.stderr()}") from None
-            if line is None:
-                raise AssertionError(f"peer {self.name} exited ({self.proc.poll()}) before "
-                                     f"{words}; saw {self.seen[-30:]}; stderr:\n{self.stderr()}")
-            self.seen.append(line)
-            split = line.split()
-            if split and split[0] in words:
-                return split
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
     def ask(self, line: str, answer: str, timeout: float = TIMEOUT) -> list[str]:
         self.send(line)
         return self.expect(answer, timeout=timeout)
@@ -186,30 +137,6 @@ class PeerNode:
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(TIMEOUT)
-
-    def close(self) -> int | None:
-        """Ask it to quit, kill it if it does not; return its exit status."""
-        if self.proc.poll() is None:
-            try:
-                self.send("quit")
-                self.proc.stdin.close()  # type: ignore[union-attr]
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
-        else:
-            try:
-                self.proc.stdin.close()  # type: ignore[union-attr]
-            except (BrokenPipeError, OSError):
-                pass
-        self._reader.join(5.0)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from tests.node_fixtures import (
     TIMEOUT,
     DictDiscovery,
     quicdist_threads,
+    send_in_order,
     wait_until,
 )
 from tests.otp import NEEDS_ERL, epmd, erl_node, unique  # noqa: F401 (fixtures)
@@ -127,18 +128,7 @@ def test_10k_messages_arrive_in_order(pair: tuple[Node, Node]) -> None:
     sender, receiver = a.mailbox(), b.mailbox()
     count = 10_000
 
-    def send_all() -> None:
-        for i in range(count):
-            sender.send(receiver.pid, i)
-
-    thread = threading.Thread(target=send_all, daemon=True, name="test-sender")
-    thread.start()
-    try:
-        got = [receiver.receive(TIMEOUT) for _ in range(count)]
-    finally:
-        thread.join(TIMEOUT)
-    assert not thread.is_alive()
-    assert got == list(range(count))
+    send_in_order(sender, receiver, count)
     # And the other way, interleaved with a message larger than the writer's
     # chunk and the send buffer's half (it leaves in pieces).
     big = bytes(range(256)) * 8192  # 2 MiB
